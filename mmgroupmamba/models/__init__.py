@@ -1,0 +1,8 @@
+from .backbones import GroupMamba  # noqa: F401
+from .layers import *  # noqa: F401,F403
+
+try:  # the classification head builds on mmpretrain; the backbone does not need it
+    from .heads import GroupMambaClsHead  # noqa: F401
+except ImportError as e:  # pragma: no cover
+    if 'mmpretrain' not in str(e):
+        raise

@@ -1,0 +1,3 @@
+from .groupmamba import GroupMamba
+
+__all__ = ['GroupMamba']

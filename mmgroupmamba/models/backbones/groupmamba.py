@@ -1,0 +1,204 @@
+"""GroupMamba backbone (Shaker et al., "GroupMamba: Parameter-Efficient and Accurate Group
+Visual State Space Model"), computing the same function as the released checkpoints."""
+from copy import deepcopy
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..layers import ConvStem, Downsample, GroupMambaBlock, VSSS
+
+
+@MODELS.register_module()
+class GroupMamba(BaseModule):
+    """GroupMamba backbone with multi-scale NCHW outputs.
+
+    Args:
+        arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (or ``'t'``, ``'s'``,
+            ``'b'``), or a dict with ``stem_channels``, ``embed_dims``, ``depths`` and
+            ``mlp_ratios`` (four entries each, widths divisible by 4).
+        in_channels (int): input image channels.
+        out_indices (Sequence[int]): stages whose outputs are returned (0-3).
+        final_norm (bool): add a LayerNorm on the stage-4 output. Stages 1-3 always end
+            with the released stage norms, which are both their output norm and the input
+            of the next stage. Classifiers use ``False`` (the class-token head applies the
+            released stage-4 norm after its class block).
+        frozen_stages (int): freeze the stem and stages ``0..frozen_stages`` (with their
+            embeddings and norms); -1 freezes nothing.
+        drop_path_rate (float): stochastic depth, growing linearly over all blocks. The
+            released models were trained with 0.05.
+        norm_eval (bool): keep the stem's BatchNorms in eval mode while training
+            (sensible for the small per-GPU batches of detection and segmentation).
+        with_cp (bool): activation checkpointing in every block.
+        d_state (int): SSM state size (1 in the released models).
+        scan_backend (str): selective-scan backend, see
+            :func:`mmgroupmamba.ops.selective_scan`.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
+            loads our checkpoints and the released ones (converted on the fly).
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], {
+            'stem_channels': 32,
+            'embed_dims': [64, 128, 348, 448],
+            'depths': [3, 4, 9, 3],
+            'mlp_ratios': [8, 8, 4, 4],
+        }),
+        **dict.fromkeys(['s', 'small'], {
+            'stem_channels': 64,
+            'embed_dims': [64, 128, 348, 512],
+            'depths': [3, 4, 16, 3],
+            'mlp_ratios': [8, 8, 4, 4],
+        }),
+        **dict.fromkeys(['b', 'base'], {
+            'stem_channels': 64,
+            'embed_dims': [96, 192, 424, 512],
+            'depths': [3, 6, 21, 3],
+            'mlp_ratios': [8, 8, 4, 4],
+        }),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 final_norm: bool = True,
+                 frozen_stages: int = -1,
+                 drop_path_rate: float = 0.05,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 d_state: int = 1,
+                 scan_backend: str = 'auto',
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        embed_dims = self.arch_settings['embed_dims']
+        depths = self.arch_settings['depths']
+        mlp_ratios = self.arch_settings['mlp_ratios']
+        self.embed_dims = embed_dims
+        self.in_channels = in_channels
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        out_indices = [i + self.num_stages if i < 0 else i for i in out_indices]
+        for i in out_indices:
+            if not 0 <= i < self.num_stages:
+                raise ValueError(f'out_indices {i} is out of range(0, {self.num_stages}).')
+        self.out_indices = tuple(out_indices)
+        self.final_norm = final_norm
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+
+        self.patch_embeds = nn.ModuleList([
+            ConvStem(in_channels, self.arch_settings['stem_channels'], embed_dims[0])])
+        for i in range(1, self.num_stages):
+            self.patch_embeds.append(Downsample(embed_dims[i - 1], embed_dims[i]))
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i, depth in enumerate(depths):
+            offset = sum(depths[:i])
+            self.stages.append(nn.Sequential(*[
+                GroupMambaBlock(embed_dims[i], mlp_ratios[i], drop_path=dpr[offset + j],
+                                d_state=d_state, scan_backend=scan_backend,
+                                with_cp=with_cp) for j in range(depth)]))
+
+        # Stages 1-3 end in a norm that is part of the released network; stage 4 gets one
+        # only as an output norm for dense prediction.
+        for i in range(self.num_stages - 1):
+            self.add_module(f'norm{i}', nn.LayerNorm(embed_dims[i], eps=1e-6))
+        if final_norm:
+            self.add_module(f'norm{self.num_stages - 1}',
+                            nn.LayerNorm(embed_dims[-1], eps=1e-6))
+        self._freeze_stages()
+
+    def _parse_arch(self, arch):
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in self.arch_zoo:
+                raise KeyError(f'Unknown GroupMamba arch {arch!r}; choose one of '
+                               f'{sorted(set(self.arch_zoo))} or pass a dict.')
+            return deepcopy(self.arch_zoo[key])
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}.')
+        required = {'stem_channels', 'embed_dims', 'depths', 'mlp_ratios'}
+        if not required <= set(arch):
+            raise KeyError(f'A custom arch needs the keys {sorted(required)}; '
+                           f'missing {sorted(required - set(arch))}.')
+        arch = {k: deepcopy(arch[k]) for k in required}
+        for key in ('embed_dims', 'depths', 'mlp_ratios'):
+            if len(arch[key]) != self.num_stages:
+                raise ValueError(f'arch[{key!r}] needs {self.num_stages} entries, '
+                                 f'got {arch[key]}.')
+        bad = [d for d in arch['embed_dims'] if d % 4]
+        if bad:
+            raise ValueError(f'GroupMamba splits every stage into 4 channel groups, so '
+                             f'embed_dims must be divisible by 4; got {arch["embed_dims"]}.')
+        return arch
+
+    # ------------------------------------------------------------------ initialisation
+    def init_weights(self):
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from mmgroupmamba.utils import load_backbone_weights
+            load_backbone_weights(self, self.init_cfg['checkpoint'],
+                                  prefix=self.init_cfg.get('prefix'))
+            self._is_init = True
+            return
+        self.apply(self._init_module)
+        for m in self.modules():
+            if isinstance(m, VSSS):
+                m.reset_ssm_parameters()
+        super().init_weights()
+
+    @staticmethod
+    def _init_module(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---------------------------------------------------------------------- forward
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'GroupMamba expects (B, {self.in_channels}, H, W) images, '
+                             f'got a tensor of shape {tuple(x.shape)}.')
+        outs = []
+        for i in range(self.num_stages):
+            # The stem takes the NCHW image; later embeddings take channels-last maps.
+            x = self.stages[i](self.patch_embeds[i](x))
+            norm = getattr(self, f'norm{i}', None)
+            if norm is not None:
+                x = norm(x)
+            if i in self.out_indices:
+                outs.append(x.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+    # ------------------------------------------------------------------- train/freeze
+    def _freeze_stages(self):
+        if self.frozen_stages < 0:
+            return
+        for i in range(min(self.frozen_stages + 1, self.num_stages)):
+            modules = [self.patch_embeds[i], self.stages[i], getattr(self, f'norm{i}', None)]
+            for m in modules:
+                if m is None:
+                    continue
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.patch_embeds[0].modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self

@@ -1,0 +1,3 @@
+from .groupmamba_cls_head import GroupMambaClsHead
+
+__all__ = ['GroupMambaClsHead']

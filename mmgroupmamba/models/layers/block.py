@@ -1,0 +1,53 @@
+"""GroupMamba block and the class-token block of the classifier."""
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+
+from .ffn import ConvFFN, Mlp
+from .group_mamba_layer import ModulatedGroupMamba
+
+
+class GroupMambaBlock(nn.Module):
+    """``x + DropPath(MGM(x))`` then ``x + DropPath(ConvFFN(LN(x)))``.
+
+    There is no norm in front of the mixer: it normalises its input itself.
+    Channels-last maps (B, H, W, C) in and out.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.,
+                 d_state: int = 1, scan_backend: str = 'auto', with_cp: bool = False):
+        super().__init__()
+        self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _forward(self, x):
+        x = x + self.drop_path(self.mixer(x))
+        return x + self.drop_path(self.ffn(self.norm(x)))
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class ClassBlock(nn.Module):
+    """Updates a class token (the mean of the last stage's tokens), as released.
+
+    ``c = c + LN1(MGM(c))`` on a 1 x 1 map, then ``c = c + MLP(LN2(c))``.
+    Input and output (B, C).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float, d_state: int = 1,
+                 scan_backend: str = 'auto'):
+        super().__init__()
+        self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, cls_token):
+        cls_token = cls_token + self.norm1(self.mixer(cls_token[:, None, None, :]))[:, 0, 0]
+        return cls_token + self.ffn(self.norm2(cls_token))

@@ -1,0 +1,7 @@
+from .selective_scan import (SCAN_BACKENDS, available_backends, resolve_backend,
+                             selective_scan)
+from .selective_scan_chunked import selective_scan_chunked
+from .selective_scan_ref import selective_scan_ref
+
+__all__ = ['selective_scan', 'selective_scan_ref', 'selective_scan_chunked',
+           'available_backends', 'resolve_backend', 'SCAN_BACKENDS']
