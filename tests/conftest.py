@@ -1,0 +1,37 @@
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def reference_dir():
+    """The authors' fixtures: $MMGROUPMAMBA_REFERENCE, else ../shared/reference."""
+    return os.environ.get('MMGROUPMAMBA_REFERENCE',
+                          osp.join(REPO_ROOT, '..', 'shared', 'reference'))
+
+
+@pytest.fixture(scope='session')
+def reference():
+    root = reference_dir()
+    ckpt = osp.join(root, 'official_small_checkpoint.pth')
+    if not osp.exists(ckpt):
+        pytest.skip(f'reference fixtures not found in {root}')
+    return dict(
+        root=root,
+        checkpoint_path=ckpt,
+        checkpoint=torch.load(ckpt, map_location='cpu'),
+        expected=torch.load(osp.join(root, 'official_small_expected.pth'),
+                            map_location='cpu'),
+        tiny_keys_path=osp.join(root, 'official_tiny_state_dict.tsv'),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
