@@ -1,9 +1,9 @@
 """GroupMamba for OpenMMLab: importing this package registers its modules in MMEngine's
 root registries, so ``dict(type='GroupMamba')`` builds from mmpretrain, mmdet and mmseg."""
-from .utils.compat import apply_mmengine_patches
+from .utils.compat import apply_compat_patches
 from .version import __version__
 
-apply_mmengine_patches()
+apply_compat_patches()
 
 from . import models  # noqa: E402,F401  (registers the modules)
 from .models import GroupMamba  # noqa: E402

@@ -3,6 +3,7 @@
 Applied once when :mod:`mmgroupmamba` is imported.
 """
 import os.path as osp
+import sys
 
 import torch
 
@@ -24,11 +25,54 @@ def load_trusted_local_checkpoint(filename, map_location=None):
     return torch.load(filename, map_location=map_location, weights_only=False)
 
 
-def apply_mmengine_patches():
+def _transformers_major():
+    try:
+        from importlib.metadata import version
+        return int(version('transformers').split('.')[0])
+    except Exception:  # not installed or unparsable
+        return None
+
+
+def import_mmpretrain_without_multimodal():
+    """Import mmpretrain with its multi-modal models off where they cannot import.
+
+    mmpretrain 1.2.0 imports its multi-modal models whenever pycocotools and
+    transformers >= 4.28 are installed, and those import names that transformers 5
+    removed, so ``import mmpretrain`` fails on such machines (e.g. the GPU image). We hide
+    transformers from mmpretrain's dependency probe for the duration of the import; it
+    then registers its usual "please install" placeholders for those models instead.
+    """
+    if 'mmpretrain' in sys.modules or (_transformers_major() or 0) < 5:
+        return
+    try:
+        import importlib_metadata
+    except ImportError:
+        return
+    original = importlib_metadata.distribution
+
+    def distribution(name):
+        if name == 'transformers':
+            raise importlib_metadata.PackageNotFoundError(name)
+        return original(name)
+
+    importlib_metadata.distribution = distribution
+    try:
+        import mmpretrain  # noqa: F401
+    finally:
+        importlib_metadata.distribution = original
+        from mmpretrain.utils import dependency
+        dependency.distribution = original
+
+
+def apply_compat_patches():
     """Install the workarounds (idempotent)."""
     global _PATCHED
     if _PATCHED:
         return
+    try:
+        import_mmpretrain_without_multimodal()
+    except ImportError:  # mmpretrain not installed: detection/segmentation-only use
+        pass
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=load_trusted_local_checkpoint,
                                      force=True)
