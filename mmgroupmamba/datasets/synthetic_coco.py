@@ -112,9 +112,9 @@ def _render_image(h, w, categories, rng, num_instances, radius_range):
     return np.clip(img, 0, 255).astype(np.uint8), instances
 
 
-def generate_detection_set(root, seed=0, overwrite=False, num_train=240, num_val=60,
-                           image_size=(128, 192), instances_per_image=(2, 5),
-                           radius_range=(0.08, 0.2), categories=DET_CATEGORIES):
+def generate_detection_set(root, seed=0, overwrite=False, num_train=200, num_val=50,
+                           image_size=(128, 160), instances_per_image=(2, 6),
+                           radius_range=(0.1, 0.22), categories=DET_CATEGORIES):
     """Write the COCO-format shapes set under ``root`` (skipped if already complete).
 
     Args:

@@ -1,7 +1,11 @@
 from .selective_scan import (SCAN_BACKENDS, available_backends, resolve_backend,
                              selective_scan)
+from .grouped_scan import (arrange_groups, grouped_selective_scan,
+                           grouped_selective_scan_torch, restore_groups)
 from .selective_scan_chunked import selective_scan_chunked
 from .selective_scan_ref import selective_scan_ref
 
 __all__ = ['selective_scan', 'selective_scan_ref', 'selective_scan_chunked',
-           'available_backends', 'resolve_backend', 'SCAN_BACKENDS']
+           'available_backends', 'resolve_backend', 'SCAN_BACKENDS',
+           'grouped_selective_scan', 'grouped_selective_scan_torch', 'arrange_groups',
+           'restore_groups']

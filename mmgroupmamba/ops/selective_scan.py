@@ -41,6 +41,21 @@ def _triton_fn():
     return selective_scan_triton
 
 
+@functools.lru_cache(None)
+def _triton_grouped_fn():
+    try:
+        from .selective_scan_triton import grouped_selective_scan_triton
+    except Exception:  # triton missing or unusable
+        return None
+    return grouped_selective_scan_triton
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    import os
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
 def _mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     fn = _mamba_ssm_fn()
     # mamba-ssm's kernel reads B and C as (batch, groups, N, L) and wants contiguous fp32
@@ -102,5 +117,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         backend: one of :data:`SCAN_BACKENDS`.
     """
     name = resolve_backend(backend, u.device)
+    if name == 'triton' and backend == 'auto' and A.shape[-1] != 1:
+        # the Triton kernel is specialised for state size 1
+        name = available_backends(u.device)[1]
     return _IMPLS[name](u, delta, A, B, C, D=D, delta_bias=delta_bias,
                         delta_softplus=delta_softplus)

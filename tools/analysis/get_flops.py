@@ -59,21 +59,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     x = torch.randn(1, 3, *args.shape)
 
-    rows = []
+    models = []
     if args.config:
-        model = build_from_config(args.config)
-        rows.append((osp.basename(args.config) + ' (backbone)', count_params(model),
-                     count_flops(model, x), None))
+        models.append((osp.basename(args.config) + ' (backbone)',
+                       build_from_config(args.config), None))
     else:
-        for arch in args.arch:
-            model = build_classifier(arch)
-            rows.append((f'GroupMamba-{arch[0].upper()}', count_params(model),
-                         count_flops(model, x), RELEASED.get(arch)))
-    print(f'input 1x3x{args.shape[0]}x{args.shape[1]}')
-    print(f'{"model":<40} {"params (M)":>11} {"FLOPs (G)":>10}  released (params / FLOPs)')
-    for name, params, flops, ref in rows:
+        models += [(f'GroupMamba-{arch[0].upper()}', build_classifier(arch),
+                    RELEASED.get(arch)) for arch in args.arch]
+    print(f'input 1x3x{args.shape[0]}x{args.shape[1]}; FLOPs = fvcore count (one '
+          'multiply-add = 1) + 9BLDN + BDL per selective scan')
+    print(f'{"model":<36} {"params (M)":>10} {"FLOPs (G)":>10} {"of which scan":>14}'
+          '  released (params / FLOPs)')
+    for name, model, ref in models:
+        flops, analyzer = count_flops(model, x, return_analyzer=True)
+        scan = analyzer.by_operator().get('PythonOp._OpaqueSelectiveScan', 0)
         ref_txt = f'{ref[0]:.2f}M / {ref[1]:.2f}G' if ref else ''
-        print(f'{name:<40} {params / 1e6:>11.2f} {flops / 1e9:>10.2f}  {ref_txt}')
+        print(f'{name:<36} {count_params(model) / 1e6:>10.2f} {flops / 1e9:>10.3f} '
+              f'{scan / 1e9:>13.3f}G  {ref_txt}')
 
 
 if __name__ == '__main__':

@@ -67,11 +67,15 @@ class GroupMambaClsHead(ClsHead):
         super().init_weights()
         if self.init_cfg is not None:
             return
+        # Linears first, then the SSM parameters: modules() visits a VSSS before its own
+        # dt_proj, whose Mamba initialisation must not be overwritten.
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, VSSS):
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, VSSS):
                 m.reset_ssm_parameters()
 
     def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:

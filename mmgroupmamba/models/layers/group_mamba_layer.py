@@ -1,8 +1,27 @@
-"""Modulated Group Mamba layer: four VSSS operators on channel groups, modulated by CAM."""
+"""Modulated Group Mamba layer: four VSSS operators on channel groups, modulated by CAM.
+
+Two executions of the same parameters:
+
+* ``reference``: as released, each group's :class:`VSSS` runs on its own (four of every
+  projection, conv, norm and scan; flipped/transposed copies of the map per direction).
+* ``grouped``: the four groups as a few batched kernels -- the groups' projections as one
+  block-diagonal (or batched) matmul, the depthwise convs as one depthwise conv over all
+  channels, and the scans, the per-group ``out_norm`` and the ``SiLU(z)`` gate as one
+  :func:`mmgroupmamba.ops.grouped_selective_scan` (on CUDA one fused Triton kernel that
+  reads each group in its direction straight from the channels-last map).
+
+Both use the per-group modules' parameters (state-dict keys are unchanged, so every
+checkpoint loads into either) and compute the same function.
+"""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from mmgroupmamba.ops import grouped_selective_scan
 from .vsss import SCAN_DIRECTIONS, VSSS
+
+MIXER_IMPLS = ('auto', 'grouped', 'reference')
+LINEAR_MODES = ('auto', 'blockdiag', 'bmm')
 
 
 class ChannelAffinity(nn.Module):
@@ -22,6 +41,78 @@ class ChannelAffinity(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean(dim=(1, 2))))))
 
 
+# ------------------------------------------------------------------- grouped linears
+def _autocast_dtype(device_type: str):
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _BatchedGroupLinear(torch.autograd.Function):
+    """``y[:, g] = x[:, g] @ W_g^T`` for every group g, as one strided batched matmul.
+
+    The groups are read from and written to the channels-last (N, G*d) layout through
+    strides (cuBLAS's leading dimensions), so nothing is transposed or copied; under
+    autocast the matmuls run in the autocast dtype like ``F.linear``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        G, dout, din = weight.shape
+        n = x.shape[0]
+        dtype = _autocast_dtype(x.device.type) or torch.promote_types(x.dtype, weight.dtype)
+        x, w = x.to(dtype), weight.to(dtype)
+        out = x.new_empty(n, G * dout)
+        torch.bmm(x.view(n, G, din).transpose(0, 1), w.transpose(1, 2),
+                  out=out.view(n, G, dout).transpose(0, 1))
+        ctx.save_for_backward(x, w)
+        ctx.weight_dtype = weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        G, dout, din = w.shape
+        n = x.shape[0]
+        grad = grad.to(w.dtype).contiguous()
+        gg = grad.view(n, G, dout).transpose(0, 1)                     # (G, n, dout)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = grad.new_empty(n, G * din)
+            torch.bmm(gg, w, out=dx.view(n, G, din).transpose(0, 1))
+        if ctx.needs_input_grad[1]:
+            dw = torch.bmm(gg.transpose(1, 2), x.view(n, G, din).transpose(0, 1))
+            dw = dw.to(ctx.weight_dtype)
+        return dx, dw
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = 'auto'):
+    """Each channel group's own bias-free linear: (..., G*din) -> (..., G*dout).
+
+    Args:
+        weight: (G, dout, din), the groups' ``nn.Linear`` weights stacked.
+        mode: ``blockdiag`` -- one ``F.linear`` with the block-diagonal weight (one GEMM
+            of G times the FLOPs; best where the matmul is memory-bound anyway: low
+            precision, narrow layers); ``bmm`` -- a strided batched matmul with the exact
+            FLOPs; ``auto`` picks by precision and width.
+    """
+    G, dout, din = weight.shape
+    if mode == 'auto':
+        low = (_autocast_dtype(x.device.type) is not None
+               or x.dtype in (torch.float16, torch.bfloat16))
+        mode = 'blockdiag' if (low or G * din < 256 or dout < 8
+                               or torch.compiler.is_compiling()) else 'bmm'
+    if mode == 'blockdiag':
+        return F.linear(x, torch.block_diag(*weight.unbind(0)))
+    if mode != 'bmm':
+        raise ValueError(f'Unknown grouped linear mode {mode!r}; choose from {LINEAR_MODES}.')
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, G * din)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return _BatchedGroupLinear.apply(x2, weight).view(*lead, G * dout)
+
+
 class ModulatedGroupMamba(nn.Module):
     """The token mixer of a GroupMamba block (channels-last maps in and out).
 
@@ -34,16 +125,26 @@ class ModulatedGroupMamba(nn.Module):
         dim: channels C; must be divisible by 4 (the groups).
         d_state: SSM state size per group.
         scan_backend: see :func:`mmgroupmamba.ops.selective_scan`.
+        impl: ``grouped`` (all groups in a few batched kernels), ``reference`` (one
+            VSSS after the other, as released) or ``auto`` (grouped, except while
+            ``torch.jit`` traces the model, e.g. to count FLOPs per released operator).
+        linear_mode: how the grouped path runs the groups' projections, see
+            :func:`grouped_linear`.
     """
 
     num_groups = len(SCAN_DIRECTIONS)
 
-    def __init__(self, dim: int, d_state: int = 1, scan_backend: str = 'auto'):
+    def __init__(self, dim: int, d_state: int = 1, scan_backend: str = 'auto',
+                 impl: str = 'auto', linear_mode: str = 'auto'):
         super().__init__()
         if dim % self.num_groups != 0:
             raise ValueError(f'GroupMamba needs a width divisible by {self.num_groups} '
                              f'(one group per scan direction), got {dim}.')
         self.dim = dim
+        self.d_state = d_state
+        self.scan_backend = scan_backend
+        self.impl = impl
+        self.linear_mode = linear_mode
         group_dim = dim // self.num_groups
         self.norm = nn.LayerNorm(dim, eps=1e-5)
         self.affinity = ChannelAffinity(dim)
@@ -53,11 +154,92 @@ class ModulatedGroupMamba(nn.Module):
         self.skip_scale = nn.Parameter(torch.ones(1))
         self.proj = nn.Linear(dim, dim)
 
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str):
+        if value not in MIXER_IMPLS:
+            raise ValueError(f'Unknown GroupMamba mixer impl {value!r}; choose one of '
+                             f'{MIXER_IMPLS}.')
+        self._impl = value
+
+    def set_scan_backend(self, backend: str):
+        """Use ``backend`` for the grouped scan and for every group's VSSS."""
+        self.scan_backend = backend
+        for op in self.groups:
+            op.scan_backend = backend
+
     def forward(self, x):
+        if self.impl == 'reference' or (self.impl == 'auto' and torch.jit.is_tracing()):
+            return self.forward_reference(x)
+        return self.forward_grouped(x)
+
+    def _modulate(self, y, x, affinity):
+        """``LN(y * skip_scale * x * affinity)`` projected: the released ending."""
+        y = y * self.skip_scale * x
+        y = y * affinity[:, None, None, :]
+        return self.proj(self.norm(y))
+
+    def forward_reference(self, x):
+        """The released execution: one VSSS per group, one after the other."""
         x = self.norm(x)
         affinity = self.affinity(x)
         parts = x.chunk(self.num_groups, dim=-1)
         y = torch.cat([op(part) for op, part in zip(self.groups, parts)], dim=-1)
-        y = y * self.skip_scale * x
-        y = y * affinity[:, None, None, :]
-        return self.proj(self.norm(y))
+        return self._modulate(y, x, affinity)
+
+    def forward_grouped(self, x):
+        """All four groups at once, with the per-group modules' parameters."""
+        ops = self.groups
+        G = self.num_groups
+        d, R, N = ops[0].dim, ops[0].dt_rank, ops[0].d_state
+        x = self.norm(x)
+        affinity = self.affinity(x)
+
+        # in_proj of every group: the x halves and the z halves as two grouped linears
+        w_in = torch.stack([op.in_proj.weight for op in ops])           # (G, 2d, d)
+        xs = grouped_linear(x, w_in[:, :d], self.linear_mode)
+        z = grouped_linear(x, w_in[:, d:], self.linear_mode)
+
+        # the four depthwise convs are one depthwise conv over all G*d channels
+        conv_w = torch.cat([op.conv.weight for op in ops])
+        conv_b = torch.cat([op.conv.bias for op in ops])
+        u = F.conv2d(xs.permute(0, 3, 1, 2), conv_w, conv_b, padding=1, groups=G * d)
+        u = F.silu(u).permute(0, 2, 3, 1)                                # (B, H, W, Gd)
+
+        # x_proj of every group as one block-diagonal linear: [dt_r | B | C] per group
+        xp = torch.stack([op.x_proj.weight for op in ops])               # (G, R+2N, d)
+        w_x = torch.cat([torch.block_diag(*xp[:, s].unbind(0)) for s in
+                         (slice(0, R), slice(R, R + N), slice(R + N, R + 2 * N))])
+        xdbl = F.linear(u, w_x)                                          # (B, H, W, G(R+2N))
+
+        y = grouped_selective_scan(
+            u, xdbl, z,
+            dt_weight=torch.stack([op.dt_proj.weight for op in ops]),    # (G, d, R)
+            dt_bias=torch.cat([op.dt_proj.bias for op in ops]),
+            A=-torch.exp(torch.cat([op.A_log for op in ops]).float()),   # (G d, N)
+            D=torch.cat([op.D for op in ops]),
+            ln_weight=torch.cat([op.out_norm.weight for op in ops]),
+            ln_bias=torch.cat([op.out_norm.bias for op in ops]),
+            eps=ops[0].out_norm.eps,
+            directions=tuple(op.direction for op in ops),
+            backend=self.scan_backend)
+        y = grouped_linear(y, torch.stack([op.out_proj.weight for op in ops]),
+                           self.linear_mode)
+        return self._modulate(y, x, affinity)
+
+
+def set_mixer_impl(model: nn.Module, impl: str = None, scan_backend: str = None,
+                   linear_mode: str = None) -> nn.Module:
+    """Switch every GroupMamba layer of ``model`` (execution, scan backend, linears)."""
+    for m in model.modules():
+        if isinstance(m, ModulatedGroupMamba):
+            if impl is not None:
+                m.impl = impl
+            if scan_backend is not None:
+                m.set_scan_backend(scan_backend)
+            if linear_mode is not None:
+                m.linear_mode = linear_mode
+    return model

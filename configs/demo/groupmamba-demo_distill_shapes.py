@@ -1,0 +1,141 @@
+# Distillation demo: a small GroupMamba learns the built-in shapes set from the labels and,
+# through its distillation head, from a frozen teacher (hard distillation, alpha 0.5), with
+# the structure of the ImageNet recipe (Mixup/CutMix in the data preprocessor, label
+# smoothing, AdamW + warm-up + cosine, grad clip, EMA) scaled to 64x64 images on a CPU.
+#
+#   tools/misc/run_distill_demo.sh    # teacher, this student, the student without teacher
+#
+# or by hand, after training the teacher (groupmamba-demo_distill-teacher_shapes.py):
+#   python tools/train.py configs/demo/groupmamba-demo_distill_shapes.py \
+#       --work-dir work_dirs/demo_distill/student_distill \
+#       --cfg-options model.teacher_checkpoint=work_dirs/demo_distill/teacher/epoch_40.pth
+custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
+data_root = 'data/shapes'
+num_classes = 8
+classes = ['circle', 'square', 'triangle', 'cross', 'ring', 'h_stripes', 'v_stripes',
+           'checker']
+
+model = dict(
+    type='DistillImageClassifier',
+    backbone=dict(
+        type='GroupMamba',
+        # The released block structure at a width that trains in minutes on a CPU core.
+        arch=dict(
+            stem_channels=16,
+            embed_dims=[32, 64, 96, 128],
+            depths=[1, 1, 2, 1],
+            mlp_ratios=[2, 2, 2, 2]),
+        out_indices=(3, ),
+        final_norm=False,
+        drop_path_rate=0.0),
+    neck=None,
+    head=dict(
+        type='GroupMambaClsHead',
+        num_classes=num_classes,
+        in_channels=128,
+        mlp_ratio=2,
+        distill_type='hard',
+        distill_alpha=0.5,
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        topk=(1, )),
+    # Must equal the `model` of groupmamba-demo_distill-teacher_shapes.py.
+    teacher=dict(
+        type='ImageClassifier',
+        backbone=dict(type='ResNet', depth=18, stem_channels=16, base_channels=16,
+                      out_indices=(3, )),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=128)),
+    teacher_checkpoint='work_dirs/demo_distill/teacher/epoch_40.pth',
+    train_cfg=dict(augments=[
+        dict(type='Mixup', alpha=0.8),
+        dict(type='CutMix', alpha=1.0),
+    ]),
+)
+
+data_preprocessor = dict(
+    num_classes=num_classes,
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    to_rgb=True)
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.35, 1.0),
+         backend='pillow', interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='PackInputs'),
+]
+
+# num_workers=0: exact resumption on CPU (all randomness in the main process).
+train_dataloader = dict(
+    batch_size=32,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='train',
+        ann_file='meta/train.txt',
+        classes=classes,
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=64,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='CustomDataset',
+        data_root=data_root,
+        data_prefix='val',
+        ann_file='meta/val.txt',
+        classes=classes,
+        pipeline=test_pipeline))
+val_evaluator = dict(type='Accuracy', topk=(1, ))
+test_dataloader = val_dataloader
+test_evaluator = val_evaluator
+
+max_epochs = 40
+warmup_epochs = 2
+optim_wrapper = dict(
+    optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05, eps=1e-8,
+                   betas=(0.9, 0.999)),
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.),
+    clip_grad=dict(max_norm=5.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
+         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=10)
+val_cfg = dict()
+test_cfg = dict()
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=15),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='VisualizationHook', enable=False),
+)
+# EMA as in the recipe, with a decay suited to ~600 iterations (0.99 instead of 0.9999).
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-2, priority='ABOVE_NORMAL', update_buffers=True),
+]
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'),
+)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=True)

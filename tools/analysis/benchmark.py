@@ -1,0 +1,452 @@
+"""Throughput (images/s) and peak memory of GroupMamba, per execution and scan backend.
+
+    python tools/analysis/benchmark.py --arch tiny --batch-size 128 --img-size 224 \\
+        --precision fp32 amp --mode infer train \\
+        --backends pytorch triton mamba_ssm reference-layer
+
+Our rows (the classifier: backbone, class block and both heads):
+
+* ``triton``, ``pytorch``, ``mamba_ssm``: the grouped layer execution (all four groups as
+  a few batched kernels) with that scan backend (``triton``: one fused kernel per layer);
+* ``reference-layer``: the per-group execution, one VSSS after the other as in the
+  released code, with mamba-ssm's CUDA scan where installed, else the PyTorch scan. It
+  stands in for the released implementation; ``reference-layer:<backend>`` picks its
+  scan backend.
+
+When timm imports, ConvNeXt-T and Swin-T run in the same process with the same batch,
+resolution, precision and timing, and every row gets its ratio to them. Inference runs
+in ``torch.inference_mode``; a training step is forward, loss (cross entropy on both
+heads), backward and an AdamW step. Timing: warm-up iterations, then CUDA-synchronised
+wall-clock over ``--iters`` iterations; peak memory is ``torch.cuda.max_memory_allocated``
+over the timed iterations. ``--profile`` prints the top CUDA kernels of each of our rows.
+"""
+import argparse
+import contextlib
+import gc
+import json
+import os.path as osp
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
+
+# The issue's numbers for the released implementation (one H200, batch 128, 224x224).
+RELEASED_H200 = {('infer', 'fp32'): 1428, ('infer', 'amp'): 1585, ('train', 'amp'): 338}
+TIMM_BASELINES = {'ConvNeXt-T': 'convnext_tiny', 'Swin-T': 'swin_tiny_patch4_window7_224'}
+
+
+# ----------------------------------------------------------------------------- models
+class Classifier(nn.Module):
+    """Backbone + class-token head, as the released classifiers."""
+
+    def __init__(self, arch, num_classes=1000, drop_path_rate=0.05, with_cp=False):
+        super().__init__()
+        from mmgroupmamba.models import GroupMamba
+        self.backbone = GroupMamba(arch, out_indices=(3, ), final_norm=False,
+                                   drop_path_rate=drop_path_rate, with_cp=with_cp)
+        dim = self.backbone.embed_dims[-1]
+        ratio = self.backbone.arch_settings['mlp_ratios'][-1]
+        try:
+            from mmgroupmamba.models import GroupMambaClsHead
+            self.head = GroupMambaClsHead(num_classes, dim, mlp_ratio=ratio)
+        except ImportError:  # no mmpretrain: the same computation without its base class
+            from mmgroupmamba.models.layers import ClassBlock
+            self.head = _PlainHead(ClassBlock(dim, ratio), dim, num_classes)
+        with _quiet_mmengine():
+            self.backbone.init_weights()
+            self.head.init_weights()
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+@contextlib.contextmanager
+def _quiet_mmengine():
+    """Silence mmengine's per-parameter init report."""
+    import logging
+    try:
+        from mmengine.logging import MMLogger
+        logger = MMLogger.get_current_instance()
+    except Exception:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class _PlainHead(nn.Module):
+
+    def __init__(self, class_block, dim, num_classes):
+        super().__init__()
+        self.class_block = class_block
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc = nn.Linear(dim, num_classes)
+        self.dist_fc = nn.Linear(dim, num_classes)
+
+    def init_weights(self):
+        pass
+
+    def forward(self, feats):
+        x = self.norm(self.class_block(feats[-1].mean(dim=(2, 3))))
+        cls_score, dist_score = self.fc(x), self.dist_fc(x)
+        return (cls_score, dist_score) if self.training else (cls_score + dist_score) / 2
+
+
+class _ConfigModel(nn.Module):
+    """A model built from a config, called in ``mode='tensor'``."""
+
+    def __init__(self, path):
+        super().__init__()
+        from mmengine.config import Config
+        from mmengine.registry import MODELS, DefaultScope
+        import mmgroupmamba  # noqa: F401
+        cfg = Config.fromfile(path)
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmengine')):
+            self.model = MODELS.build(cfg.model)
+        with _quiet_mmengine():
+            self.model.init_weights()
+
+    def forward(self, x):
+        return self.model(x, mode='tensor')
+
+
+def build_ours(args):
+    if args.config:
+        return _ConfigModel(args.config)
+    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
+    return Classifier(arch, with_cp=args.with_cp)
+
+
+def parse_backend(spec: str):
+    """``triton`` -> ('grouped', 'triton'); ``reference-layer[:b]`` -> ('reference', b)."""
+    from mmgroupmamba.ops import available_backends
+    if spec.startswith('reference-layer'):
+        _, _, backend = spec.partition(':')
+        if not backend:
+            backend = ('mamba_ssm' if 'mamba_ssm' in available_backends('cuda')
+                       and torch.cuda.is_available() else 'pytorch')
+        return 'reference', backend
+    return 'grouped', spec
+
+
+def backend_usable(backend: str, device: torch.device):
+    from mmgroupmamba.ops import available_backends
+    if backend in available_backends(device) or backend == 'auto':
+        return None
+    if backend == 'mamba_ssm':
+        return 'mamba-ssm not importable'
+    if backend == 'triton':
+        return 'needs CUDA and Triton'
+    return f'backend {backend!r} unknown or unusable here'
+
+
+def configure(model, spec, args):
+    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    impl, backend = parse_backend(spec)
+    set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode)
+    return impl, backend
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device, precision, amp_dtype):
+    if precision == 'amp':
+        return torch.autocast(device.type, dtype=amp_dtype)
+    return contextlib.nullcontext()
+
+
+def _loss(out, target):
+    if isinstance(out, (tuple, list)):  # class and distillation heads
+        return sum(F.cross_entropy(o.float(), target) for o in out) / len(out)
+    return F.cross_entropy(out.float(), target)
+
+
+def make_step(model, mode, precision, args, device):
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp_dtype = torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
+    if mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), _autocast(device, precision, amp_dtype):
+                model(x)
+        return step
+
+    model.train()
+    target = torch.randint(0, 1000, (args.batch_size, ), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05,
+                            **({'fused': True} if device.type == 'cuda' else {}))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'amp'
+                                  and amp_dtype == torch.float16)
+
+    def step():
+        with _autocast(device, precision, amp_dtype):
+            loss = _loss(model(x), target)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
+
+
+def measure(step, device, warmup, iters, batch):
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None
+    return batch * iters / elapsed, peak
+
+
+def profile(step, device, rows, label):
+    from torch.profiler import ProfilerActivity, profile as tprofile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with tprofile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+        _sync(device)
+    events = prof.key_averages()
+    for key in ('self_device_time_total', 'self_cuda_time_total', 'self_cpu_time_total'):
+        try:
+            table = events.table(sort_by=key, row_limit=rows, max_name_column_width=70)
+            break
+        except Exception:  # older/newer torch name the column differently
+            continue
+    print(f'\n--- profile: {label} (3 steps, sorted by self GPU time) ---\n{table}')
+
+
+# ------------------------------------------------------------------------ correctness
+@torch.no_grad()
+def check_against_reference(model, backends, args, device, n=8):
+    """Max |logit difference| of every backend vs the per-group reference path (fp32)."""
+    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    x = torch.randn(n, 3, args.img_size, args.img_size, device=device)
+    model.eval()
+    set_mixer_impl(model, impl='reference', scan_backend='pytorch', linear_mode='auto')
+    ref = model(x).float()
+    diffs = {}
+    for spec in backends:
+        impl, backend = parse_backend(spec)
+        if backend_usable(backend, device):
+            continue
+        set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode)
+        diffs[spec] = {'fp32': (model(x).float() - ref).abs().max().item()}
+        if device.type == 'cuda':
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                diffs[spec]['amp'] = (model(x).float() - ref).abs().max().item()
+    return diffs, ref.abs().max().item()
+
+
+# ------------------------------------------------------------------------------ main
+def run_one(make_model, label, spec, mode, precision, args, device, results, prof=False):
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    row = dict(model=label, backend=spec, mode=mode, precision=precision)
+    try:
+        model = make_model()
+        step = make_step(model, mode, precision, args, device)
+        warmup = args.warmup if mode == 'infer' else max(2, args.warmup // 2)
+        iters = args.iters if mode == 'infer' else max(3, args.iters // 2)
+        t0 = time.perf_counter()
+        step()  # first call: Triton compilation, cuDNN autotuning
+        _sync(device)
+        row['first_call_s'] = time.perf_counter() - t0
+        row['img_s'], row['peak_gib'] = measure(step, device, warmup, iters, args.batch_size)
+        if prof:
+            profile(step, device, args.profile_rows, f'{label} {spec} {mode} {precision}')
+    except torch.cuda.OutOfMemoryError:
+        row['error'] = 'OOM'
+    except Exception as e:  # report and go on with the other rows
+        row['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:100]}'
+    finally:
+        model = step = None
+    results.append(row)
+    _print_row(row)
+    return row
+
+
+def _print_row(row):
+    if 'error' in row:
+        print(f"  {row['model']:<14} {row['backend']:<26} {row['mode']:<6} "
+              f"{row['precision']:<5} {row['error']}", flush=True)
+        return
+    peak = f"{row['peak_gib']:.2f}" if row.get('peak_gib') is not None else '-'
+    print(f"  {row['model']:<14} {row['backend']:<26} {row['mode']:<6} "
+          f"{row['precision']:<5} {row['img_s']:>9.1f} img/s  peak {peak} GiB  "
+          f"(first call {row['first_call_s']:.1f}s)", flush=True)
+
+
+def print_table(results, ours_label):
+    ok = [r for r in results if 'error' not in r]
+    base = {(r['model'], r['mode'], r['precision']): r for r in ok
+            if r['model'] in TIMM_BASELINES}
+    ref = {}
+    for r in sorted(ok, key=lambda r: r['backend'] != 'reference-layer'):
+        if r['model'] == ours_label and r['backend'].startswith('reference-layer'):
+            ref.setdefault((r['mode'], r['precision']), r)
+    cols = ['model', 'backend', 'mode', 'prec', 'img/s', 'peak GiB', 'vs ref-layer',
+            'vs Swin-T', 'vs ConvNeXt-T', 'ref mem x']
+    widths = [14, 26, 6, 5] + [12] * 6
+    print('\n' + ' | '.join(f'{c:<{w}}' if i < 4 else f'{c:>{w}}'
+                            for i, (c, w) in enumerate(zip(cols, widths))))
+    for r in results:
+        key = (r['mode'], r['precision'])
+        if 'error' in r:
+            print(f"{r['model']:<14} | {r['backend']:<26} | {r['mode']:<6} | "
+                  f"{r['precision']:<5} | {r['error']}")
+            continue
+
+        def ratio(other, field='img_s'):
+            if other is None or other.get(field) in (None, 0) or r.get(field) is None:
+                return '-'
+            return f'{r[field] / other[field]:.2f}x'
+        peak = f"{r['peak_gib']:.2f}" if r.get('peak_gib') is not None else '-'
+        print(f"{r['model']:<14} | {r['backend']:<26} | {r['mode']:<6} | {r['precision']:<5} | "
+              f"{r['img_s']:>12.1f} | {peak:>12} | {ratio(ref.get(key)):>12} | "
+              f"{ratio(base.get(('Swin-T',) + key)):>12} | "
+              f"{ratio(base.get(('ConvNeXt-T',) + key)):>12} | "
+              f"{ratio(ref.get(key), 'peak_gib'):>12}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--arch', default='tiny',
+                        help='tiny / small / base preset, or an arch dict as JSON')
+    parser.add_argument('--config', help='benchmark the model of this config instead')
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--precision', nargs='+', default=['fp32', 'amp'],
+                        choices=['fp32', 'amp'])
+    parser.add_argument('--amp-dtype', default='bf16', choices=['bf16', 'fp16'])
+    parser.add_argument('--mode', nargs='+', default=['infer', 'train'],
+                        choices=['infer', 'train'])
+    parser.add_argument('--backends', nargs='+',
+                        default=['triton', 'pytorch', 'mamba_ssm', 'reference-layer'],
+                        help='triton, pytorch, mamba_ssm (grouped layer with that scan), '
+                        'reference-layer[:backend] (per-group, as released)')
+    parser.add_argument('--linear-mode', default='auto', choices=['auto', 'blockdiag', 'bmm'],
+                        help='how the grouped layer runs the groups\' projections')
+    parser.add_argument('--baselines', nargs='*', default=list(TIMM_BASELINES),
+                        help='timm baselines to run (needs timm); none: --baselines')
+    parser.add_argument('--with-cp', action='store_true', help='activation checkpointing')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='feed channels-last images (and timm models in channels-last)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile our models')
+    parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
+    parser.add_argument('--warmup', type=int, default=5)
+    parser.add_argument('--iters', type=int, default=20,
+                        help='timed iterations (training: half as many)')
+    parser.add_argument('--check', action='store_true',
+                        help='first compare every backend\'s logits with the reference')
+    parser.add_argument('--profile', action='store_true',
+                        help='print the top CUDA kernels of each of our rows')
+    parser.add_argument('--profile-rows', type=int, default=20)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--json', help='also write the results here')
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cudnn.benchmark = True
+    import mmgroupmamba  # noqa: F401
+    ours_label = (osp.splitext(osp.basename(args.config))[0][:14] if args.config
+                  else f'GroupMamba-{args.arch[0].upper()}' if args.arch[0].isalpha()
+                  else 'GroupMamba')
+
+    print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}'
+          f'  torch {torch.__version__}  batch {args.batch_size}  '
+          f'{args.img_size}x{args.img_size}  amp dtype {args.amp_dtype}  '
+          f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}')
+    try:
+        import triton
+        print(f'triton {triton.__version__}')
+    except ImportError:
+        print('triton not importable')
+    print('reference-layer = the per-group execution as released (one VSSS per group, '
+          'flipped/transposed copies), with mamba-ssm\'s scan if installed else the '
+          'PyTorch scan: it stands in for the released implementation.')
+    print(f'released implementation on one H200 (issue): infer fp32 '
+          f'{RELEASED_H200[("infer", "fp32")]}, infer AMP {RELEASED_H200[("infer", "amp")]}, '
+          f'train AMP {RELEASED_H200[("train", "amp")]} img/s (21.7 GiB)')
+
+    def make_ours(spec):
+        def make():
+            model = build_ours(args).to(device)
+            configure(model, spec, args)
+            if args.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            if args.compile:
+                model = torch.compile(model)
+            return model
+        return make
+
+    backends = []
+    for spec in args.backends:
+        _, backend = parse_backend(spec)
+        why = backend_usable(backend, device)
+        if why:
+            print(f'skipping {spec}: {why}')
+        else:
+            backends.append(spec)
+
+    if args.check:
+        model = build_ours(args).to(device)
+        diffs, scale = check_against_reference(model, backends, args, device)
+        print(f'\nmax |logit - reference| (batch 8, logits up to {scale:.2f}):')
+        for spec, d in diffs.items():
+            print(f'  {spec:<26} ' + '  '.join(f'{k} {v:.2e}' for k, v in d.items()))
+        del model
+
+    results = []
+    print('\nmeasuring:')
+    for mode in args.mode:
+        for precision in args.precision:
+            for spec in backends:
+                run_one(make_ours(spec), ours_label, spec, mode, precision, args, device,
+                        results, prof=args.profile)
+            for name in (args.baselines or []):
+                try:
+                    import timm
+                except ImportError:
+                    print(f'  {name}: timm not importable, skipped')
+                    continue
+
+                def make_timm(name=name):
+                    timm_name = TIMM_BASELINES.get(name, name)
+                    kw = {'img_size': args.img_size} if 'swin' in timm_name else {}
+                    model = timm.create_model(timm_name, pretrained=False, **kw).to(device)
+                    if args.channels_last:
+                        model = model.to(memory_format=torch.channels_last)
+                    return model
+                run_one(make_timm, name, 'timm', mode, precision, args, device, results)
+    print_table(results, ours_label)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), results=results), f, indent=1)
+    return results
+
+
+if __name__ == '__main__':
+    main()
