@@ -44,19 +44,19 @@ model = dict(
         # by an added LayerNorm (initialised from the classifier's final norm).
         final_norm=True,
         drop_path_rate=0.2,  # as VMamba-T's (and Swin-T's) Mask R-CNN 1x config
-        # Stem BatchNorms with 2 images per GPU: frozen statistics, not SyncBN.
-        # The only BNs of GroupMamba are the three in the stem's first convolutions (every
-        # other norm is a LayerNorm, which does not depend on the batch). With 2 images of
-        # ~1333x800 per GPU, per-GPU batch statistics are noisy and would drift from the
-        # ImageNet statistics the pretrained weights expect. SyncBN would fix the noise
-        # (16 images) but adds a cross-GPU all-reduce on the largest feature maps of the
-        # network (stride 2, 64x the stage-4 area) in every forward and backward, and makes
-        # single-GPU debugging and evaluation behave differently. Low-level stem
-        # statistics transfer well from ImageNet, so we keep the running statistics fixed
-        # (BN in eval mode) while still training the BN affine parameters: the same choice
-        # as mmdet's ResNet Mask R-CNN (norm_eval=True with requires_grad=True).
+        # Stem BatchNorms with 2 images per GPU: frozen statistics (norm_eval), not SyncBN.
+        # GroupMamba's only BNs are the three in the stem (every other norm is a LayerNorm,
+        # independent of the batch). Per-GPU statistics of 2 images are those of two
+        # highly correlated pixel sets, noisier than the ImageNet statistics the
+        # pretrained stem was trained with, and they would drift away from them. SyncBN
+        # would pool 16 images, but puts a blocking cross-GPU all-reduce into each stem BN
+        # in every forward and backward pass, and single-GPU runs (debugging, smoke
+        # tests) would then train with different statistics than the 8-GPU run.
+        # Low-level stem statistics transfer well from ImageNet, so they stay fixed (BN in
+        # eval mode) while the BN affine parameters still train: mmdet's choice for
+        # ResNet Mask R-CNN (norm_eval=True, requires_grad=True).
         norm_eval=True,
-        with_cp=False,  # True trades ~30% speed for much less activation memory
+        with_cp=False,  # True: recompute blocks in backward, much less activation memory
         scan_backend='auto',
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(

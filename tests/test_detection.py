@@ -100,19 +100,24 @@ def test_generated_set_is_coco_and_idempotent(tmp_path):
                 assert not (union & mask).any(), 'instances must not overlap'
                 union |= mask
                 # the shape is painted through its mask: one colour (plus noise) inside
-                assert img[mask].std(0).max() < 20
+                inner = mask.copy()
+                inner[1:] &= mask[:-1]
+                inner[:-1] &= mask[1:]
+                inner[:, 1:] &= mask[:, :-1]
+                inner[:, :-1] &= mask[:, 1:]
+                assert img[inner].std(0).max() < 20
     # Non-square images of different sizes
     coco = COCO(osp.join(root, 'annotations', 'instances_train.json'))
     assert len({(i['height'], i['width']) for i in coco.dataset['images']}) > 1
 
     # Idempotent: the same arguments leave a complete set untouched...
-    probe = osp.join(root, 'train', '000000.png')
+    probe = osp.join(root, 'train', '000000.jpg')
     before = os.stat(probe).st_mtime_ns
     generate_detection_set(root, num_train=5, num_val=3, image_size=(64, 96))
     assert os.stat(probe).st_mtime_ns == before
     # ...other arguments (or overwrite=True) regenerate exactly the new set.
     generate_detection_set(root, num_train=2, num_val=1, image_size=(64, 96))
-    assert sorted(os.listdir(osp.join(root, 'train'))) == ['000000.png', '000001.png']
+    assert sorted(os.listdir(osp.join(root, 'train'))) == ['000000.jpg', '000001.jpg']
     with open(osp.join(root, 'annotations', 'instances_val.json')) as f:
         assert len(json.load(f)['images']) == 1
     generate_detection_set(root, num_train=2, num_val=1, image_size=(64, 96),
@@ -204,8 +209,7 @@ def test_1x_model_size_near_the_paper(model_1x):
     print(f'\nMask R-CNN GroupMamba-T 1x: {total / 1e6:.2f}M parameters '
           f'(paper: 40M); ' + ', '.join(f'{k} {v / 1e6:.2f}M' for k, v in parts.items()))
     assert sum(parts.values()) == total
-    assert abs(total - PAPER_PARAMS) / PAPER_PARAMS < 0.03
-    assert round(total / 1e6, 2) == 40.62
+    assert abs(total - PAPER_PARAMS) / PAPER_PARAMS < 0.03  # 40.62M
 
 
 def test_1x_no_weight_decay_groups(cfg_1x, model_1x):
@@ -310,8 +314,8 @@ def test_1x_train_and_test_iteration_at_reduced_scale(cfg_1x, model_1x, tiny_coc
 
 # ---------------------------------------------------------------------------- demo config
 def test_demo_trains_and_tests_through_the_tools(tiny_coco, tmp_path):
-    """tools/train.py then tools/test.py on the demo config (2 epochs on 4 images), with
-    mmdet's CocoMetric reporting bbox and segm mAP."""
+    """tools/train.py (one epoch on 4 images) then tools/test.py on the saved checkpoint of
+    the demo config, with mmdet's CocoMetric reporting bbox and segm mAP."""
     import importlib.util
 
     def load_tool(name):
@@ -334,13 +338,17 @@ def test_demo_trains_and_tests_through_the_tools(tiny_coco, tmp_path):
     options += [f'{k}.persistent_workers=False' for k in
                 ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     options += [f'val_evaluator.ann_file={ann_val}', f'test_evaluator.ann_file={ann_val}',
-                'train_dataloader.batch_size=2', 'train_cfg.max_epochs=2',
-                'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2']
+                'train_dataloader.batch_size=2', 'train_cfg.max_epochs=1',
+                'default_hooks.checkpoint.interval=1']
     work_dir = str(tmp_path / 'work')
-    load_tool('train').main([CFG_DEMO, '--work-dir', work_dir, '--cfg-options', *options])
-    ckpt = osp.join(work_dir, 'epoch_2.pth')
-    assert osp.isfile(ckpt)
-    metrics = load_tool('test').main([CFG_DEMO, ckpt, '--work-dir', work_dir,
-                                      '--cfg-options', *options])
+    # A Runner makes its config's scope the process-wide default; the context restores the
+    # previous one afterwards, so later tests (e.g. mmpretrain builds) are unaffected.
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        load_tool('train').main([CFG_DEMO, '--work-dir', work_dir, '--no-validate',
+                                 '--cfg-options', *options])
+        ckpt = osp.join(work_dir, 'epoch_1.pth')
+        assert osp.isfile(ckpt)
+        metrics = load_tool('test').main([CFG_DEMO, ckpt, '--work-dir', work_dir,
+                                          '--cfg-options', *options])
     for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)

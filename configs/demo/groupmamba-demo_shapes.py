@@ -29,7 +29,7 @@ model = dict(
         in_channels=128,
         mlp_ratio=2,
         distill_type='none',
-        loss=dict(type='CrossEntropyLoss', label_smoothing=0.1),
+        loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
         topk=(1, )))
 
 data_preprocessor = dict(

@@ -4,12 +4,14 @@
 #   python tools/misc/generate_demo_data.py det        # -> data/shapes_coco (once)
 #   python tools/train.py configs/demo/maskrcnn_groupmamba_demo.py --work-dir work_dirs/det_demo
 #   python tools/test.py configs/demo/maskrcnn_groupmamba_demo.py \
-#       work_dirs/det_demo/epoch_12.pth --work-dir work_dirs/det_demo
+#       work_dirs/det_demo/epoch_6.pth --work-dir work_dirs/det_demo
 #
 # Same model structure as configs/maskrcnn_groupmamba_t_1x.py (GroupMamba backbone with
 # four normalised outputs -> FPN -> RPN -> RoIAlign box head + mask head), narrower and
 # shallower, with fewer sampled anchors/RoIs; evaluated with mmdet's CocoMetric (bbox and
 # segm) on real files through mmdet's CocoDataset.
+# Reference run (seed 0, 2 CPU cores shared with other jobs): bbox mAP 0.382, segm mAP
+# 0.389 on the 50 val images; 13 min training (150 iterations), 15 s testing.
 custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
 default_scope = 'mmdet'
 
@@ -91,7 +93,7 @@ model = dict(
             type='FCNMaskHead',
             num_convs=4,
             in_channels=fpn_channels,
-            conv_out_channels=fpn_channels,
+            conv_out_channels=32,  # its convs on 14x14 RoIs would dominate the CPU time
             num_classes=num_classes,
             loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
     train_cfg=dict(
@@ -127,7 +129,7 @@ model = dict(
                 ignore_iof_thr=-1),
             sampler=dict(
                 type='RandomSampler',
-                num=128,
+                num=64,
                 pos_fraction=0.25,
                 neg_pos_ub=-1,
                 add_gt_as_proposals=True),
@@ -219,14 +221,16 @@ optim_wrapper = dict(
         }),
     clip_grad=dict(max_norm=10.0))  # from-scratch early steps can spike
 
-max_epochs = 12
+# 6 epochs of 25 iterations (200 images, batch 8): one epoch of linear warm-up, x0.1 for
+# the last epoch. (Far from convergence, an earlier drop as in the 1x shape, after epochs
+# 4 and 5, cost ~0.1 mAP here: 0.27 / 0.29 instead of 0.38 / 0.39 bbox / segm.)
+max_epochs = 6
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=60),
-    # The 1x schedule's shape: x0.1 after epochs 8 and 11 (see the 1x config).
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=25),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True,
-         milestones=[8, 11], gamma=0.1),
+         milestones=[5], gamma=0.1),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=6)
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 auto_scale_lr = dict(enable=False, base_batch_size=8)

@@ -7,8 +7,8 @@ detector has to learn shape, and every mask is exact: the shape is painted into 
 through the very mask that pycocotools rasterises from the annotated polygon. No
 downloads, deterministic for a seed. Layout (what mmdet's ``CocoDataset`` reads)::
 
-    root/train/000000.png ...
-    root/val/000000.png ...
+    root/train/000000.jpg ...
+    root/val/000000.jpg ...
     root/annotations/instances_train.json
     root/annotations/instances_val.json
 
@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 DET_CATEGORIES = ('circle', 'square', 'triangle', 'cross')
+# Part of the completeness signature: bump it when the output of the same arguments changes.
+_FORMAT_VERSION = 3
 
 
 def _unit_polygon(name, rng):
@@ -57,7 +59,7 @@ def _background(h, w, rng):
     # Low-frequency blotches (an upsampled coarse noise map) so the background is not flat.
     coarse = rng.normal(0, 20, (4, 4, 3)).astype(np.float32)
     blot = np.stack([np.asarray(Image.fromarray(coarse[..., c]).resize((w, h), Image.BILINEAR))
-                     for c in range(3)], -1)
+                     for c in range(3)], axis=-1)
     return img + blot
 
 
@@ -73,7 +75,7 @@ def _render_image(h, w, categories, rng, num_instances, radius_range):
 
     img = _background(h, w, rng)
     bg_mean = img.reshape(-1, 3).mean(0)
-    taken = []  # (x0, y0, x1, y1) of placed instances, padded
+    taken = []  # polygon extents (x0, y0, x1, y1) of the placed instances
     instances = []
     for _ in range(num_instances):
         for _attempt in range(30):
@@ -146,9 +148,9 @@ def generate_detection_set(root, seed=0, overwrite=False, num_train=200, num_val
         raise ValueError('num_train and num_val must be positive.')
     done = osp.join(root, '.complete')
     signature = json.dumps(dict(
-        seed=seed, num_train=num_train, num_val=num_val, image_size=[lo, hi],
-        instances_per_image=list(instances_per_image), radius_range=list(radius_range),
-        categories=list(categories)), sort_keys=True)
+        format=_FORMAT_VERSION, seed=seed, num_train=num_train, num_val=num_val,
+        image_size=[lo, hi], instances_per_image=list(instances_per_image),
+        radius_range=list(radius_range), categories=list(categories)), sort_keys=True)
     if not overwrite and osp.exists(done):
         with open(done) as f:
             if f.read() == signature:
@@ -171,8 +173,9 @@ def generate_detection_set(root, seed=0, overwrite=False, num_train=200, num_val
             h, w = (int(v) for v in rng.integers(lo, hi + 1, 2))
             n = int(rng.integers(instances_per_image[0], instances_per_image[1] + 1))
             img, instances = _render_image(h, w, categories, rng, n, radius_range)
-            fname = f'{i:06d}.png'
-            Image.fromarray(img).save(osp.join(root, split, fname))
+            fname = f'{i:06d}.jpg'
+            # JPEG as COCO; no chroma subsampling, so colour edges stay on the masks.
+            Image.fromarray(img).save(osp.join(root, split, fname), quality=95, subsampling=0)
             images.append(dict(id=i + 1, file_name=fname, height=h, width=w))
             for inst in instances:
                 annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, **inst))

@@ -1,5 +1,6 @@
 from .selective_scan import (SCAN_BACKENDS, available_backends, resolve_backend,
                              selective_scan)
+from .dwconv import depthwise_conv3x3_act
 from .grouped_scan import (arrange_groups, grouped_selective_scan,
                            grouped_selective_scan_torch, restore_groups)
 from .selective_scan_chunked import selective_scan_chunked
@@ -8,4 +9,4 @@ from .selective_scan_ref import selective_scan_ref
 __all__ = ['selective_scan', 'selective_scan_ref', 'selective_scan_chunked',
            'available_backends', 'resolve_backend', 'SCAN_BACKENDS',
            'grouped_selective_scan', 'grouped_selective_scan_torch', 'arrange_groups',
-           'restore_groups']
+           'restore_groups', 'depthwise_conv3x3_act']

@@ -9,8 +9,9 @@ backend        what                                                    where
 ``triton``     our Triton kernel (:mod:`.selective_scan_triton`)       CUDA with Triton
 =============  ======================================================  ===========
 
-``auto`` takes the fastest one that can run on the inputs' device. All backends take the
-same arguments, compute in fp32 and return ``u``'s dtype.
+``auto`` takes the fastest one that can run on the inputs' device (``triton`` only for
+state size 1). All backends take the same arguments, compute in fp32 and return ``u``'s
+dtype. The scans of a whole GroupMamba layer at once: :mod:`.grouped_scan`.
 """
 import functools
 from typing import Callable, Dict, List

@@ -38,12 +38,28 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # Scan directions as the kernel knows them (see ``_token_index``).
 DIRECTION_CODES = {'row': 0, 'col': 1, 'row_rev': 2, 'col_rev': 3}
 
-# Elements of one (BLOCK_L, BLOCK_D) tile, forward and backward, and warps per program.
-# Overridable for tuning without touching the code.
-_FWD_TILE = int(os.environ.get('MMGM_SCAN_FWD_TILE', 4096))
-_BWD_TILE = int(os.environ.get('MMGM_SCAN_BWD_TILE', 2048))
-_FWD_WARPS = int(os.environ.get('MMGM_SCAN_FWD_WARPS', 8))
-_BWD_WARPS = int(os.environ.get('MMGM_SCAN_BWD_WARPS', 8))
+# Launch tuning: elements of one (BLOCK_L, BLOCK_D) tile and elements per thread (which
+# sets the warps), forward and backward. The backward keeps about twice as many tiles
+# alive. Overridable through the environment or :func:`set_tuning`.
+TUNING = dict(
+    fwd_tile=int(os.environ.get('MMGM_SCAN_FWD_TILE', 2048)),
+    fwd_per_thread=int(os.environ.get('MMGM_SCAN_FWD_PER_THREAD', 16)),
+    bwd_tile=int(os.environ.get('MMGM_SCAN_BWD_TILE', 1024)),
+    bwd_per_thread=int(os.environ.get('MMGM_SCAN_BWD_PER_THREAD', 8)),
+)
+
+
+def set_tuning(**kwargs):
+    """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
+    ``bwd_per_thread``); returns the previous values."""
+    unknown = set(kwargs) - set(TUNING)
+    if unknown:
+        raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
+    old = dict(TUNING)
+    TUNING.update({k: int(v) for k, v in kwargs.items()})
+    return old
+
+
 # Largest channel block of one program; a fused LayerNorm needs a whole group in one.
 MAX_BLOCK_D = 512
 
@@ -60,13 +76,13 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _token_index(l, L, H, W, direction):
-    """Row-major token index ``h * W + w`` of sequence position ``l``.
+def _token_index(seq, L, H, W, direction):
+    """Row-major token index ``h * W + w`` of sequence position ``seq``.
 
-    direction 0: row-major; 1: column-major (``l -> (l % H, l // H)``); 2 and 3: the same
-    sequences read backwards (``l -> L - 1 - l`` first).
+    direction 0: row-major; 1: column-major (``seq -> (seq % H, seq // H)``); 2 and 3: the same
+    sequences read backwards (``seq -> L - 1 - seq`` first).
     """
-    lr = tl.where(direction >= 2, L - 1 - l, l)
+    lr = tl.where(direction >= 2, L - 1 - seq, seq)
     col = (lr % H) * W + lr // H
     return tl.where((direction % 2) == 1, col, lr)
 
@@ -148,9 +164,9 @@ def _scan_fwd_kernel(
     rows = tl.arange(0, BLOCK_L)
     h = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     for k in range(n_chunks):
-        l = k * BLOCK_L + rows
-        mask_l = l < L
-        pos = _token_index(l, L, H, W, direction)
+        seq = k * BLOCK_L + rows
+        mask_l = seq < L
+        pos = _token_index(seq, L, H, W, direction)
         mask2 = mask_l[:, None] & mask_d[None, :]
 
         u = tl.load(u_base + pos[:, None] * s_u_l + c[None, :] * s_u_c, mask=mask2,
@@ -254,9 +270,9 @@ def _scan_bwd_kernel(
 
     for kk in range(n_chunks):
         k = n_chunks - 1 - kk
-        l = k * BLOCK_L + rows
-        mask_l = l < L
-        pos = _token_index(l, L, H, W, direction)
+        seq = k * BLOCK_L + rows
+        mask_l = seq < L
+        pos = _token_index(seq, L, H, W, direction)
         mask2 = mask_l[:, None] & mask_d[None, :]
 
         # ---- recompute the chunk's forward from its entry state
@@ -318,7 +334,7 @@ def _scan_bwd_kernel(
             du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
 
         # ---- reverse scan s_t = a_(t+1) s_(t+1) + C_t dy_t, carried across chunks
-        l1 = l + 1
+        l1 = seq + 1
         mask_l1 = l1 < L
         pos1 = _token_index(l1, L, H, W, direction)
         v1, delta1 = _delta(dl_base, w_ptr, pos1, mask_l1, c, j, mask_d, g, d, s_dl_l,
@@ -377,9 +393,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _blocks(length: int, block_d: int, tile: int):
-    block_l = max(16, min(tile // block_d, 1024, _next_pow2(length)))
-    return block_l
+def _block_l(length: int, block_d: int, training: bool, override=None):
+    """Chunk length: the backward walks the forward's chunks, so a forward that saves
+    states for it uses the (smaller) backward tile."""
+    if override:
+        return int(override)
+    tile = TUNING['bwd_tile'] if training else TUNING['fwd_tile']
+    return max(16, min(tile // block_d, 1024, _next_pow2(length)))
 
 
 def _token_strides(t: torch.Tensor):
@@ -432,14 +452,15 @@ def _forward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, l
         out, *so, hs, dirs,
         cfg.L, cfg.H, cfg.W, cfg.d, cfg.n_chunks, cfg.eps,
         G=cfg.G, R=cfg.R, BLOCK_L=cfg.block_l, BLOCK_D=cfg.block_d,
-        SAVE_STATES=save_states, num_warps=_warps(cfg, _FWD_WARPS), **cfg.flags)
+        SAVE_STATES=save_states,
+        num_warps=_warps(cfg.block_l, cfg.block_d, TUNING['fwd_per_thread']), **cfg.flags)
     return hs
 
 
-def _warps(cfg, default):
+def _warps(block_l, block_d, per_thread):
     if _interpreting():
         return 1
-    return max(1, min(default, cfg.block_l * cfg.block_d // 256))
+    return max(1, min(16, block_l * block_d // (32 * per_thread)))
 
 
 def _backward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, lnw, lnb,
@@ -466,8 +487,8 @@ def _backward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, 
         dA, dD, dbias, dlnw, dlnb, dw,
         cfg.L, cfg.H, cfg.W, cfg.d, cfg.n_chunks, batch, cfg.eps,
         G=cfg.G, R=max(cfg.R, 1), BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))),
-        BLOCK_L=cfg.block_l, BLOCK_D=cfg.block_d, num_warps=_warps(cfg, _BWD_WARPS),
-        **cfg.flags)
+        BLOCK_L=cfg.block_l, BLOCK_D=cfg.block_d,
+        num_warps=_warps(cfg.block_l, cfg.block_d, TUNING['bwd_per_thread']), **cfg.flags)
 
     def total(t):
         return t.view(batch, -1).sum(0)
@@ -497,7 +518,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, block_l):
         batch, dim, L = u.shape
         block_d = min(64, max(16, _next_pow2(dim)))
-        block_l = block_l or _blocks(L, block_d, _FWD_TILE)
+        save = any(ctx.needs_input_grad[:7])
+        block_l = _block_l(L, block_d, save, block_l)
         A1 = A.reshape(dim).float().contiguous()
         D1 = None if D is None else D.float().contiguous()
         bias1 = None if delta_bias is None else delta_bias.float().contiguous()
@@ -508,7 +530,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         # (batch, dim, L) read as (batch, tokens, channels): strides (b, l, c)
         s3 = lambda t: (t.stride(0), t.stride(2), t.stride(1))  # noqa: E731
         sBC = lambda t: (t.stride(0), t.stride(2), 0)  # noqa: E731
-        save = any(ctx.needs_input_grad[:7])
         hs = _forward(cfg, batch, u, s3(u), delta, s3(delta), None, bias1, A1, D1, B,
                       sBC(B), C, sBC(C), None, (0, 0, 0), None, None, out, s3(out), dirs,
                       save)
@@ -584,7 +605,8 @@ class _GroupedScanFn(torch.autograd.Function):
         G, d, R = dt_weight.shape
         L = H * W
         block_d = max(16, _next_pow2(d))
-        block_l = block_l or _blocks(L, block_d, _FWD_TILE)
+        save = any(ctx.needs_input_grad)
+        block_l = _block_l(L, block_d, save, block_l)
         u, su = _tokens(u)
         xdbl, sx = _tokens(xdbl)
         if z is not None:
@@ -600,7 +622,6 @@ class _GroupedScanFn(torch.autograd.Function):
         dirs = _direction_tensor(directions, u.device)
         out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
         sB = (sx[0], sx[1], sx[2])
-        save = any(ctx.needs_input_grad)
         hs = _forward(cfg, batch, u, su, xdbl, sx, w, bias, A1, D1,
                       xdbl[..., G * R:], sB, xdbl[..., G * R + G:], sB, z, sz, lnw, lnb,
                       out, _token_strides(out), dirs, save)

@@ -125,6 +125,24 @@ def build_ours(args):
     return Classifier(arch, with_cp=args.with_cp)
 
 
+def fuse_ffn_convs(model):
+    """Preview of a ConvFFN that runs ``dwconv -> GELU`` as one fused kernel
+    (:func:`mmgroupmamba.ops.depthwise_conv3x3_act`, which keeps only the conv input for
+    the backward). No-op for FFNs that already do."""
+    import types
+
+    from mmgroupmamba.models.layers import ConvFFN
+    from mmgroupmamba.ops import depthwise_conv3x3_act
+
+    def forward(self, x):
+        x = depthwise_conv3x3_act(self.fc1(x), self.dwconv.weight, self.dwconv.bias, 'gelu')
+        return self.fc2(x)
+    for m in model.modules():
+        if isinstance(m, ConvFFN) and isinstance(m.act, nn.GELU) and m.act.approximate == 'none':
+            m.forward = types.MethodType(forward, m)
+    return model
+
+
 def parse_backend(spec: str):
     """``triton`` -> ('grouped', 'triton'); ``reference-layer[:b]`` -> ('reference', b)."""
     from mmgroupmamba.ops import available_backends
@@ -151,7 +169,8 @@ def backend_usable(backend: str, device: torch.device):
 def configure(model, spec, args):
     from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
     impl, backend = parse_backend(spec)
-    set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode)
+    set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode,
+                   mixer_cp=args.mixer_cp, fused_conv=not args.no_fused_conv)
     return impl, backend
 
 
@@ -257,6 +276,77 @@ def check_against_reference(model, backends, args, device, n=8):
     return diffs, ref.abs().max().item()
 
 
+# ---------------------------------------------------------------------- scan tuning
+def scan_sweep(args, device):
+    """Time the fused grouped scan per stage for several tile / warp settings."""
+    from mmgroupmamba.models import GroupMamba
+    from mmgroupmamba.ops import selective_scan_triton as sst
+    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
+    settings = GroupMamba._parse_arch(GroupMamba, arch)
+    dims, depths = settings['embed_dims'], settings['depths']
+    shapes = []
+    for i, (dim, depth) in enumerate(zip(dims, depths)):
+        side = -(-args.img_size // 2**(i + 2))
+        d = dim // 4
+        shapes.append((side, d, -(-d // 16), depth))
+    dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
+    print(f'fused scan, batch {args.batch_size}, {dtype}, stages (side, d, R, depth): '
+          f'{shapes}')
+
+    def inputs(side, d, R, grad):
+        mk = lambda *s: torch.randn(*s, device=device)  # noqa: E731
+        B, G = args.batch_size, 4
+        t = dict(u=mk(B, side, side, G * d).to(dtype), xdbl=mk(B, side, side, G * R + 8)
+                 .to(dtype), z=mk(B, side, side, G * d).to(dtype),
+                 dt_weight=mk(G, d, R) * 0.3, dt_bias=mk(G * d) * 0.3 - 3,
+                 A=-torch.rand(G * d, device=device) - 0.5, D=mk(G * d),
+                 ln_weight=mk(G * d), ln_bias=mk(G * d))
+        if grad:
+            for v in t.values():
+                v.requires_grad_()
+        return t
+
+    def timeit(fn, n=args.iters):
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t0) / n * 1e3
+
+    fwd_grid = [(2048, 16), (4096, 16), (1024, 8), (2048, 8), (4096, 32)]
+    bwd_grid = [(1024, 8), (512, 4), (2048, 8), (1024, 4), (512, 8)]
+    print('\ninference forward (ms per layer | whole model):')
+    for tile, per_thread in fwd_grid:
+        sst.set_tuning(fwd_tile=tile, fwd_per_thread=per_thread)
+        times = []
+        for side, d, R, depth in shapes:
+            t = inputs(side, d, R, False)
+            with torch.no_grad():
+                times.append(timeit(lambda: sst.grouped_selective_scan_triton(**t)))
+        total = sum(tm * s[3] for tm, s in zip(times, shapes))
+        print(f'  fwd_tile {tile:>5} per_thread {per_thread:>2}: '
+              + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
+    print('\ntraining forward + backward (ms per layer | whole model):')
+    for tile, per_thread in bwd_grid:
+        sst.set_tuning(bwd_tile=tile, bwd_per_thread=per_thread)
+        times = []
+        for side, d, R, depth in shapes:
+            t = inputs(side, d, R, True)
+            g = torch.randn(args.batch_size, side, side, 4 * d, device=device, dtype=dtype)
+
+            def step():
+                sst.grouped_selective_scan_triton(**t).backward(g)
+            times.append(timeit(step))
+        total = sum(tm * s[3] for tm, s in zip(times, shapes))
+        print(f'  bwd_tile {tile:>5} per_thread {per_thread:>2}: '
+              + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
+    print('\nset the best with MMGM_SCAN_FWD_TILE / MMGM_SCAN_FWD_PER_THREAD / '
+          'MMGM_SCAN_BWD_TILE / MMGM_SCAN_BWD_PER_THREAD (or change TUNING\'s defaults)')
+    return []
+
+
 # ------------------------------------------------------------------------------ main
 def run_one(make_model, label, spec, mode, precision, args, device, results, prof=False):
     gc.collect()
@@ -349,7 +439,19 @@ def main(argv=None):
                         help='how the grouped layer runs the groups\' projections')
     parser.add_argument('--baselines', nargs='*', default=list(TIMM_BASELINES),
                         help='timm baselines to run (needs timm); none: --baselines')
-    parser.add_argument('--with-cp', action='store_true', help='activation checkpointing')
+    parser.add_argument('--with-cp', action='store_true',
+                        help='activation checkpointing of every block')
+    parser.add_argument('--mixer-cp', action='store_true',
+                        help='activation checkpointing of the GroupMamba layers only')
+    parser.add_argument('--no-fused-conv', action='store_true',
+                        help='grouped layer: cuDNN depthwise conv + SiLU instead of the '
+                        'fused Triton kernel')
+    parser.add_argument('--fused-ffn', action='store_true',
+                        help='run the ConvFFN\'s depthwise conv + GELU as one fused kernel '
+                        '(a preview of that change; not for reference-layer rows)')
+    parser.add_argument('--scan-sweep', action='store_true',
+                        help='only time the fused Triton scan at this arch\'s stage shapes '
+                        'for several launch configurations, then exit')
     parser.add_argument('--channels-last', action='store_true',
                         help='feed channels-last images (and timm models in channels-last)')
     parser.add_argument('--compile', action='store_true', help='torch.compile our models')
@@ -378,7 +480,10 @@ def main(argv=None):
     print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}'
           f'  torch {torch.__version__}  batch {args.batch_size}  '
           f'{args.img_size}x{args.img_size}  amp dtype {args.amp_dtype}  '
-          f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}')
+          f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
+          f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  '
+          f'fused_conv {not args.no_fused_conv}  fused_ffn {args.fused_ffn}  '
+          f'linear_mode {args.linear_mode}')
     try:
         import triton
         print(f'triton {triton.__version__}')
@@ -393,14 +498,24 @@ def main(argv=None):
 
     def make_ours(spec):
         def make():
-            model = build_ours(args).to(device)
-            configure(model, spec, args)
+            # the reference rows stand in for the released code: never checkpointed
+            reference = parse_backend(spec)[0] == 'reference'
+            run_args = argparse.Namespace(**vars(args))
+            if reference:
+                run_args.with_cp = run_args.mixer_cp = False
+            model = build_ours(run_args).to(device)
+            configure(model, spec, run_args)
+            if args.fused_ffn and not reference:
+                fuse_ffn_convs(model)
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:
                 model = torch.compile(model)
             return model
         return make
+
+    if args.scan_sweep:
+        return scan_sweep(args, device)
 
     backends = []
     for spec in args.backends:

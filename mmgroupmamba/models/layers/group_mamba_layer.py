@@ -5,10 +5,12 @@ Two executions of the same parameters:
 * ``reference``: as released, each group's :class:`VSSS` runs on its own (four of every
   projection, conv, norm and scan; flipped/transposed copies of the map per direction).
 * ``grouped``: the four groups as a few batched kernels -- the groups' projections as one
-  block-diagonal (or batched) matmul, the depthwise convs as one depthwise conv over all
-  channels, and the scans, the per-group ``out_norm`` and the ``SiLU(z)`` gate as one
+  block-diagonal (or batched) matmul, the depthwise convs (+ bias + SiLU) as one
+  depthwise conv over all channels (on CUDA one fused Triton kernel), and the scans, the
+  per-group ``out_norm`` and the ``SiLU(z)`` gate as one
   :func:`mmgroupmamba.ops.grouped_selective_scan` (on CUDA one fused Triton kernel that
-  reads each group in its direction straight from the channels-last map).
+  reads each group in its direction straight from the channels-last map). Matmuls follow
+  autocast (bf16/fp16); the scan and the norms' statistics are computed in fp32.
 
 Both use the per-group modules' parameters (state-dict keys are unchanged, so every
 checkpoint loads into either) and compute the same function.
@@ -16,8 +18,9 @@ checkpoint loads into either) and compute the same function.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 
-from mmgroupmamba.ops import grouped_selective_scan
+from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan
 from .vsss import SCAN_DIRECTIONS, VSSS
 
 MIXER_IMPLS = ('auto', 'grouped', 'reference')
@@ -130,12 +133,19 @@ class ModulatedGroupMamba(nn.Module):
             ``torch.jit`` traces the model, e.g. to count FLOPs per released operator).
         linear_mode: how the grouped path runs the groups' projections, see
             :func:`grouped_linear`.
+        mixer_cp: recompute this layer in the backward instead of keeping its
+            activations (activation checkpointing of the mixer alone: it holds many
+            activations for little compute, unlike the FFN).
+        fused_conv: on CUDA, run the grouped path's depthwise conv, bias and SiLU as one
+            Triton kernel (:func:`mmgroupmamba.ops.depthwise_conv3x3_act`) instead of
+            cuDNN's conv and a separate SiLU.
     """
 
     num_groups = len(SCAN_DIRECTIONS)
 
     def __init__(self, dim: int, d_state: int = 1, scan_backend: str = 'auto',
-                 impl: str = 'auto', linear_mode: str = 'auto'):
+                 impl: str = 'auto', linear_mode: str = 'auto', mixer_cp: bool = False,
+                 fused_conv: bool = True):
         super().__init__()
         if dim % self.num_groups != 0:
             raise ValueError(f'GroupMamba needs a width divisible by {self.num_groups} '
@@ -145,6 +155,8 @@ class ModulatedGroupMamba(nn.Module):
         self.scan_backend = scan_backend
         self.impl = impl
         self.linear_mode = linear_mode
+        self.mixer_cp = mixer_cp
+        self.fused_conv = fused_conv
         group_dim = dim // self.num_groups
         self.norm = nn.LayerNorm(dim, eps=1e-5)
         self.affinity = ChannelAffinity(dim)
@@ -165,6 +177,12 @@ class ModulatedGroupMamba(nn.Module):
                              f'{MIXER_IMPLS}.')
         self._impl = value
 
+    def __getstate__(self):
+        # copies and pickles (EMA models, torch.save(model)) leave the inference cache out
+        state = super().__getstate__()
+        state.pop('_param_cache', None)
+        return state
+
     def set_scan_backend(self, backend: str):
         """Use ``backend`` for the grouped scan and for every group's VSSS."""
         self.scan_backend = backend
@@ -173,8 +191,12 @@ class ModulatedGroupMamba(nn.Module):
 
     def forward(self, x):
         if self.impl == 'reference' or (self.impl == 'auto' and torch.jit.is_tracing()):
-            return self.forward_reference(x)
-        return self.forward_grouped(x)
+            fn = self.forward_reference
+        else:
+            fn = self.forward_grouped
+        if self.mixer_cp and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return cp.checkpoint(fn, x, use_reentrant=False)
+        return fn(x)
 
     def _modulate(self, y, x, affinity):
         """``LN(y * skip_scale * x * affinity)`` projected: the released ending."""
@@ -190,50 +212,82 @@ class ModulatedGroupMamba(nn.Module):
         y = torch.cat([op(part) for op, part in zip(self.groups, parts)], dim=-1)
         return self._modulate(y, x, affinity)
 
-    def forward_grouped(self, x):
-        """All four groups at once, with the per-group modules' parameters."""
+    def _grouped_params(self):
+        """The four groups' parameters stacked for the grouped path.
+
+        Rebuilt on every call while autograd records (the stacks are differentiable views
+        of the per-group parameters); without grad they are cached until a parameter
+        changes (``_version``) or the device / autocast dtype does.
+        """
+        params = list(self.groups.parameters())
+        key = None
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            dev = params[0].device
+            key = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params),
+                   _autocast_dtype(dev.type), self.linear_mode)
+            cached = getattr(self, '_param_cache', None)
+            if cached is not None and cached[0] == key:
+                return cached[1]
         ops = self.groups
-        G = self.num_groups
         d, R, N = ops[0].dim, ops[0].dt_rank, ops[0].d_state
-        x = self.norm(x)
-        affinity = self.affinity(x)
-
-        # in_proj of every group: the x halves and the z halves as two grouped linears
         w_in = torch.stack([op.in_proj.weight for op in ops])           # (G, 2d, d)
-        xs = grouped_linear(x, w_in[:, :d], self.linear_mode)
-        z = grouped_linear(x, w_in[:, d:], self.linear_mode)
-
-        # the four depthwise convs are one depthwise conv over all G*d channels
-        conv_w = torch.cat([op.conv.weight for op in ops])
-        conv_b = torch.cat([op.conv.bias for op in ops])
-        u = F.conv2d(xs.permute(0, 3, 1, 2), conv_w, conv_b, padding=1, groups=G * d)
-        u = F.silu(u).permute(0, 2, 3, 1)                                # (B, H, W, Gd)
-
-        # x_proj of every group as one block-diagonal linear: [dt_r | B | C] per group
         xp = torch.stack([op.x_proj.weight for op in ops])               # (G, R+2N, d)
-        w_x = torch.cat([torch.block_diag(*xp[:, s].unbind(0)) for s in
-                         (slice(0, R), slice(R, R + N), slice(R + N, R + 2 * N))])
-        xdbl = F.linear(u, w_x)                                          # (B, H, W, G(R+2N))
-
-        y = grouped_selective_scan(
-            u, xdbl, z,
+        out = dict(
+            w_x=w_in[:, :d], w_z=w_in[:, d:],
+            conv_w=torch.cat([op.conv.weight for op in ops]),
+            conv_b=torch.cat([op.conv.bias for op in ops]),
+            # x_proj of every group as one block-diagonal linear: [dt_r | B | C]
+            w_xdbl=torch.cat([torch.block_diag(*xp[:, s].unbind(0)) for s in
+                              (slice(0, R), slice(R, R + N), slice(R + N, R + 2 * N))]),
             dt_weight=torch.stack([op.dt_proj.weight for op in ops]),    # (G, d, R)
             dt_bias=torch.cat([op.dt_proj.bias for op in ops]),
             A=-torch.exp(torch.cat([op.A_log for op in ops]).float()),   # (G d, N)
             D=torch.cat([op.D for op in ops]),
             ln_weight=torch.cat([op.out_norm.weight for op in ops]),
             ln_bias=torch.cat([op.out_norm.bias for op in ops]),
-            eps=ops[0].out_norm.eps,
-            directions=tuple(op.direction for op in ops),
+            w_out=torch.stack([op.out_proj.weight for op in ops]))
+        if key is not None:
+            self._param_cache = (key, out)
+        return out
+
+    def forward_grouped(self, x):
+        """All four groups at once, with the per-group modules' parameters."""
+        ops = self.groups
+        G = self.num_groups
+        prm = self._grouped_params()
+        x = self.norm(x)
+        affinity = self.affinity(x)
+
+        # in_proj of every group: the x halves and the z halves as two grouped linears
+        xs = grouped_linear(x, prm['w_x'], self.linear_mode)
+        z = grouped_linear(x, prm['w_z'], self.linear_mode)
+
+        # the four depthwise convs are one depthwise conv over all G*d channels
+        if self.fused_conv:  # one Triton kernel on CUDA, PyTorch elsewhere
+            u = depthwise_conv3x3_act(xs, prm['conv_w'], prm['conv_b'], 'silu')
+        else:
+            u = F.conv2d(xs.permute(0, 3, 1, 2), prm['conv_w'], prm['conv_b'], padding=1,
+                         groups=xs.shape[-1])
+            u = F.silu(u).permute(0, 2, 3, 1)                            # (B, H, W, Gd)
+        xdbl = F.linear(u, prm['w_xdbl'])                                # (B, H, W, G(R+2N))
+
+        y = grouped_selective_scan(
+            u, xdbl, z, dt_weight=prm['dt_weight'], dt_bias=prm['dt_bias'], A=prm['A'],
+            D=prm['D'], ln_weight=prm['ln_weight'], ln_bias=prm['ln_bias'],
+            eps=ops[0].out_norm.eps, directions=tuple(op.direction for op in ops[:G]),
             backend=self.scan_backend)
-        y = grouped_linear(y, torch.stack([op.out_proj.weight for op in ops]),
-                           self.linear_mode)
-        return self._modulate(y, x, affinity)
+        y = grouped_linear(y, prm['w_out'], self.linear_mode)
+        # the released ``y * skip_scale * x * affinity`` with the two scalars merged first
+        y = (y * x) * (self.skip_scale * affinity)[:, None, None, :]
+        return self.proj(self.norm(y))
 
 
 def set_mixer_impl(model: nn.Module, impl: str = None, scan_backend: str = None,
-                   linear_mode: str = None) -> nn.Module:
-    """Switch every GroupMamba layer of ``model`` (execution, scan backend, linears)."""
+                   linear_mode: str = None, mixer_cp: bool = None,
+                   fused_conv: bool = None) -> nn.Module:
+    """Switch every GroupMamba layer of ``model``: execution (``impl``), scan backend,
+    grouped-linear mode, mixer checkpointing and the fused depthwise conv; ``None``
+    leaves a setting as it is."""
     for m in model.modules():
         if isinstance(m, ModulatedGroupMamba):
             if impl is not None:
@@ -242,4 +296,8 @@ def set_mixer_impl(model: nn.Module, impl: str = None, scan_backend: str = None,
                 m.set_scan_backend(scan_backend)
             if linear_mode is not None:
                 m.linear_mode = linear_mode
+            if mixer_cp is not None:
+                m.mixer_cp = mixer_cp
+            if fused_conv is not None:
+                m.fused_conv = fused_conv
     return model

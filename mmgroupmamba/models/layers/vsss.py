@@ -44,6 +44,10 @@ class VSSS(nn.Module):
         d_state: SSM state size N (1 in GroupMamba).
         dt_rank: rank of the dt projection; ``'auto'`` is ceil(d / 16).
         scan_backend: see :func:`mmgroupmamba.ops.selective_scan`.
+
+    Inside a :class:`ModulatedGroupMamba` the four VSSS of a layer usually run together
+    (its grouped path stacks their parameters); ``forward`` here is the per-group
+    reference execution. Parameter names are the checkpoints' keys: keep them.
     """
 
     def __init__(self, dim: int, direction: str = 'row', d_state: int = 1,

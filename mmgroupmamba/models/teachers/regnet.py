@@ -12,7 +12,7 @@ Only what a teacher needs is implemented: RegNet-X/Y with BatchNorm + ReLU, outp
 out: a teacher runs in eval mode.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch

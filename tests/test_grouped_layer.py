@@ -1,0 +1,210 @@
+"""The grouped execution of the GroupMamba layer against the per-group reference (CPU)."""
+import pytest
+import torch
+
+from mmgroupmamba.models import GroupMamba
+from mmgroupmamba.models.layers import ModulatedGroupMamba
+from mmgroupmamba.models.layers.group_mamba_layer import grouped_linear, set_mixer_impl
+from mmgroupmamba.ops import (arrange_groups, grouped_selective_scan,
+                              grouped_selective_scan_torch, restore_groups)
+
+SMALL_ARCH = dict(stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                  mlp_ratios=[2, 2, 2, 2])
+
+
+def _perturbed_layer(dim, d_state=1, seed=0):
+    torch.manual_seed(seed)
+    layer = ModulatedGroupMamba(dim, d_state=d_state)
+    with torch.no_grad():  # no default value (ones, zeros) may hide a wrong mapping
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def _run(layer, x, impl, grad_out):
+    layer.impl = impl
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    y = layer(x)
+    y.backward(grad_out)
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize('dim,hw,d_state', [
+    (348, (5, 7), 1),   # 87 channels per group, as stage 3 of T/S, non-square map
+    (64, (8, 8), 1),
+    (128, (1, 1), 1),   # the class block: a sequence of length 1
+    (48, (3, 4), 2),    # any state size on the PyTorch path
+])
+def test_grouped_matches_reference_forward_and_backward(dim, hw, d_state):
+    layer = _perturbed_layer(dim, d_state)
+    x = torch.randn(2, *hw, dim)
+    grad_out = torch.randn(2, *hw, dim)
+    y_ref, gx_ref, gp_ref = _run(layer, x, 'reference', grad_out)
+    y, gx, gp = _run(layer, x, 'grouped', grad_out)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, atol=5e-5, rtol=1e-4)
+    for name, g in gp_ref.items():
+        # skip_scale's gradient is a sum over every element: compare relative to it
+        torch.testing.assert_close(gp[name], g, atol=1e-4 * max(1., g.abs().max().item()),
+                                   rtol=1e-4, msg=name)
+
+
+def test_state_dict_keys_are_unchanged_and_shared():
+    layer = _perturbed_layer(64)
+    keys = set(layer.state_dict())
+    assert 'groups.2.A_log' in keys and 'groups.0.in_proj.weight' in keys
+    assert 'skip_scale' in keys and not any('stack' in k or 'grouped' in k for k in keys)
+    other = ModulatedGroupMamba(64, impl='reference')
+    assert set(other.state_dict()) == keys
+    other.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 4, 6, 64)
+    layer.impl = 'grouped'
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), other(x), atol=2e-5, rtol=1e-5)
+
+
+def test_scan_backends_of_the_grouped_path_agree():
+    layer = _perturbed_layer(96)
+    x = torch.randn(2, 6, 5, 96)
+    outs = []
+    for backend in ('pytorch', 'reference'):
+        layer.set_scan_backend(backend)
+        assert all(op.scan_backend == backend for op in layer.groups)
+        with torch.no_grad():
+            outs.append(layer.forward_grouped(x))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_linear_modes_agree():
+    x = torch.randn(3, 5, 4 * 20, requires_grad=True)
+    w = torch.randn(4, 30, 20, requires_grad=True)
+    ys = []
+    for mode in ('blockdiag', 'bmm'):
+        y = grouped_linear(x, w, mode)
+        gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+        ys.append((y, gx, gw))
+        assert y.shape == (3, 5, 120)
+    for a, b in zip(*ys):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # each group is its own linear
+    torch.testing.assert_close(ys[0][0][..., 30:60], x[..., 20:40] @ w[1].t())
+    with pytest.raises(ValueError, match='grouped linear mode'):
+        grouped_linear(x, w, 'dense')
+
+
+def test_arrange_and_restore_are_inverse_and_follow_directions():
+    x = torch.arange(2 * 3 * 4 * 8.).view(2, 3, 4, 8)
+    dirs = ('row', 'col', 'row_rev', 'col_rev')
+    seq = arrange_groups(x, dirs)
+    assert seq.shape == (2, 8, 12)
+    torch.testing.assert_close(restore_groups(seq, dirs, (3, 4)), x)
+    # group 1 (channels 2-3) is read column-major, group 2 row-major reversed
+    torch.testing.assert_close(seq[:, 2:4], x[..., 2:4].permute(0, 3, 2, 1).flatten(2))
+    torch.testing.assert_close(seq[:, 4:6], x[..., 4:6].permute(0, 3, 1, 2).flatten(2).flip(-1))
+
+
+def test_grouped_scan_errors_and_dispatch():
+    u = torch.randn(1, 2, 3, 8)
+    args = dict(xdbl=torch.randn(1, 2, 3, 4 + 8), z=None, dt_weight=torch.randn(4, 2, 1),
+                dt_bias=torch.zeros(8), A=-torch.ones(8, 1), D=torch.ones(8))
+    ref = grouped_selective_scan_torch(u, **args)
+    torch.testing.assert_close(grouped_selective_scan(u, **args, backend='auto'), ref)
+    with pytest.raises(RuntimeError, match='cannot run on cpu'):
+        grouped_selective_scan(u, **args, backend='triton')
+    with pytest.raises(ValueError, match='impl'):
+        ModulatedGroupMamba(16, impl='fast')
+
+
+def test_jit_trace_counts_the_released_operators():
+    # FLOP counting traces the model; the grouped path would count block-diagonal matmuls
+    from mmgroupmamba.analysis import count_flops
+    layer = _perturbed_layer(48)
+    x = torch.randn(1, 6, 5, 48)
+    flops = {}
+    for impl in ('reference', 'auto'):
+        layer.impl = impl
+        flops[impl] = count_flops(layer, x)
+    assert flops['auto'] == flops['reference'] > 0
+
+
+def test_backbone_default_is_grouped_and_matches_reference_with_grads():
+    torch.manual_seed(0)
+    model = GroupMamba(dict(SMALL_ARCH, embed_dims=[16, 32, 116, 64]), drop_path_rate=0.)
+    assert all(m.impl == 'auto' for m in model.modules()
+               if isinstance(m, ModulatedGroupMamba))
+    x = torch.randn(2, 3, 48, 40)
+    results = {}
+    for impl in ('reference', 'grouped'):
+        set_mixer_impl(model, impl)
+        model.zero_grad()
+        outs = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results[impl] = ([o.detach() for o in outs],
+                         {n: p.grad.clone() for n, p in model.named_parameters()})
+    for a, b in zip(results['grouped'][0], results['reference'][0]):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+    for name, g in results['reference'][1].items():
+        torch.testing.assert_close(results['grouped'][1][name], g,
+                                   atol=1e-4 * max(1., g.abs().max().item()), rtol=1e-3,
+                                   msg=name)
+
+
+def test_with_checkpointing_and_mixer_checkpointing():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    grads = []
+    for with_cp, mixer_cp in ((False, False), (True, False), (False, True)):
+        torch.manual_seed(1)
+        model = GroupMamba(SMALL_ARCH, with_cp=with_cp, drop_path_rate=0.)
+        set_mixer_impl(model, 'grouped', mixer_cp=mixer_cp)
+        sum(o.sum() for o in model(x)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[2], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_bf16_is_finite_and_close():
+    layer = _perturbed_layer(96)
+    x = torch.randn(2, 7, 5, 96)
+    with torch.no_grad():
+        y32 = layer(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y16 = layer(x)
+    assert torch.isfinite(y16).all()
+    assert (y16.float() - y32).abs().max() < 0.05 * y32.abs().max()
+
+
+def test_released_fixture_logits_on_grouped_path(reference):
+    from mmgroupmamba.models import GroupMambaClsHead
+    from mmgroupmamba.utils import convert_official_state_dict, infer_official_arch
+    arch = infer_official_arch(reference['checkpoint']['model'])
+    sd = convert_official_state_dict(reference['checkpoint']['model'])
+    backbone = GroupMamba({k: arch[k] for k in ('stem_channels', 'embed_dims', 'depths',
+                                                'mlp_ratios')},
+                          out_indices=(3, ), final_norm=False, drop_path_rate=0.)
+    head = GroupMambaClsHead(arch['num_classes'], arch['embed_dims'][-1],
+                             mlp_ratio=arch['cls_mlp_ratio'])
+    backbone.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
+    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith('head.')})
+    backbone.eval(), head.eval()
+    exp = reference['expected']
+    for impl in ('grouped', 'reference'):
+        set_mixer_impl(backbone, impl)
+        set_mixer_impl(head, impl)
+        with torch.no_grad():
+            logits = head(backbone(exp['input']))
+        torch.testing.assert_close(logits, exp['logits_eval'], atol=1e-4, rtol=0, msg=impl)
+
+
+def test_inference_parameter_cache_follows_updates():
+    layer = _perturbed_layer(32).eval()
+    x = torch.randn(1, 4, 4, 32)
+    with torch.no_grad():
+        y1 = layer.forward_grouped(x)
+        torch.testing.assert_close(layer.forward_grouped(x), y1)
+        layer.groups[1].A_log.add_(0.5)       # an optimizer step / load_state_dict
+        layer.groups[3].in_proj.weight.mul_(1.1)
+        y2 = layer.forward_grouped(x)
+        torch.testing.assert_close(y2, layer.forward_reference(x), atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(y1, y2)

@@ -1,0 +1,392 @@
+"""The Triton selective scan (generic and fused multi-group) against the references.
+
+GPU tests skip without CUDA. The kernels' logic also runs on CPU through Triton's
+interpreter (``TRITON_INTERPRET=1``) in a subprocess, on tiny shapes; that test skips
+when Triton is not installed (or ``MMGM_SKIP_TRITON_INTERPRET=1``).
+
+On a GPU machine:
+    python -m pytest tests/test_triton_scan.py tests/test_grouped_layer.py -q
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, requires_cuda
+from mmgroupmamba.ops import grouped_selective_scan_torch, selective_scan_ref
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+requires_triton_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    # cuDNN convolutions default to TF32 on Ampere+, which alone moves fp32 logits by
+    # ~1e-3; every fp32 comparison here is against true fp32 references.
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def _scan_inputs(batch, dim, length, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    t = dict(u=mk(batch, dim, length), delta=mk(batch, dim, length) * 0.5,
+             A=-torch.rand(dim, 1, generator=g) * 3 - 0.1, B=mk(batch, 1, length),
+             C=mk(batch, 1, length), D=mk(dim), delta_bias=mk(dim) * 0.5)
+    return {k: v.to(device=device, dtype=dtype if k in ('u', 'delta', 'B', 'C')
+                    else torch.float32).requires_grad_() for k, v in t.items()}
+
+
+def _grouped_inputs(batch, H, W, d, R, device, dtype=torch.float32, gate=True, norm=True,
+                    seed=0):
+    G = 4
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    t = dict(u=mk(batch, H, W, G * d), xdbl=mk(batch, H, W, G * R + 2 * G),
+             z=mk(batch, H, W, G * d) if gate else None, dt_weight=mk(G, d, R) * 0.5,
+             dt_bias=mk(G * d) * 0.5, A=-torch.rand(G * d, 1, generator=g) * 2 - 0.1,
+             D=mk(G * d), ln_weight=1 + 0.3 * mk(G * d) if norm else None,
+             ln_bias=0.3 * mk(G * d) if norm else None)
+    low = ('u', 'xdbl', 'z')
+    return {k: None if v is None else v.to(device=device, dtype=dtype if k in low
+                                           else torch.float32).requires_grad_()
+            for k, v in t.items()}
+
+
+def _grads(inputs):
+    return {k: v.grad for k, v in inputs.items() if v is not None}
+
+
+def _assert_grads_close(grads, ref, rtol=1e-4, msg=''):
+    for k, g in ref.items():
+        scale = max(1e-3, g.abs().max().item())
+        torch.testing.assert_close(grads[k], g, atol=rtol * scale, rtol=rtol,
+                                   msg=f'{msg} grad {k}')
+
+
+# ------------------------------------------------------------------ fused multi-group
+GROUPED_SHAPES = [
+    # batch, H, W, d, R
+    (2, 14, 14, 87, 6),    # T/S stage 3: 87 channels per group
+    (1, 56, 56, 16, 1),    # T stage 1, batch 1
+    (3, 7, 9, 112, 7),     # T stage 4 width, non-square
+    (2, 13, 17, 32, 2),    # odd H and W
+    (4, 1, 1, 112, 7),     # the class block: L = 1
+    (1, 23, 290, 24, 2),   # long sequence (6670 tokens) over many chunks
+]
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('shape', GROUPED_SHAPES)
+def test_fused_grouped_scan_matches_reference_fp32(shape):
+    from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
+    ref_in = _grouped_inputs(*shape, 'cuda')
+    tri_in = _grouped_inputs(*shape, 'cuda')
+    y_ref = grouped_selective_scan_torch(**ref_in, sequential=shape[1] * shape[2] <= 400)
+    y = grouped_selective_scan_triton(**tri_in)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y.backward(grad)
+    _assert_grads_close(_grads(tri_in), _grads(ref_in), rtol=1e-4, msg=str(shape))
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('gate,norm', [(False, False), (True, False), (False, True)])
+def test_fused_grouped_scan_without_gate_or_norm(gate, norm):
+    from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
+    shape = (2, 9, 11, 20, 2)
+    ref_in = _grouped_inputs(*shape, 'cuda', gate=gate, norm=norm)
+    tri_in = _grouped_inputs(*shape, 'cuda', gate=gate, norm=norm)
+    y_ref = grouped_selective_scan_torch(**ref_in)
+    y = grouped_selective_scan_triton(**tri_in)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y.backward(grad)
+    _assert_grads_close(_grads(tri_in), _grads(ref_in), rtol=1e-4)
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_fused_grouped_scan_half_precision(dtype):
+    from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
+    shape = (2, 28, 28, 32, 2)
+    inp = _grouped_inputs(*shape, 'cuda', dtype=dtype)
+    y = grouped_selective_scan_triton(**inp)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    y_ref = grouped_selective_scan_torch(**{k: None if v is None else v.detach().float()
+                                            for k, v in inp.items()})
+    torch.testing.assert_close(y.float(), y_ref, atol=5e-2, rtol=5e-2)
+    y.float().square().mean().backward()
+    for k, v in inp.items():
+        if v is not None:
+            assert v.grad.dtype == v.dtype and torch.isfinite(v.grad).all(), k
+
+
+@requires_triton_gpu
+def test_fused_grouped_scan_large_batch_and_map():
+    from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
+    with torch.no_grad():
+        # 1333 x 800 at stride 4: 200 x 334 = 66800 tokens
+        inp = {k: None if v is None else v.detach()
+               for k, v in _grouped_inputs(1, 200, 334, 16, 1, 'cuda').items()}
+        torch.testing.assert_close(grouped_selective_scan_triton(**inp),
+                                   grouped_selective_scan_torch(**inp), atol=2e-4, rtol=2e-4)
+        inp = {k: None if v is None else v.detach()
+               for k, v in _grouped_inputs(256, 7, 7, 112, 7, 'cuda',
+                                           dtype=torch.bfloat16).items()}
+        y = grouped_selective_scan_triton(**inp)
+        assert y.shape == (256, 7, 7, 448) and torch.isfinite(y).all()
+
+
+# ------------------------------------------------------------------------ whole model
+def _small_classifier(reference):
+    from mmgroupmamba.models import GroupMamba, GroupMambaClsHead
+    from mmgroupmamba.utils import convert_official_state_dict, infer_official_arch
+    arch = infer_official_arch(reference['checkpoint']['model'])
+    sd = convert_official_state_dict(reference['checkpoint']['model'])
+    backbone = GroupMamba({k: arch[k] for k in ('stem_channels', 'embed_dims', 'depths',
+                                                'mlp_ratios')},
+                          out_indices=(3, ), final_norm=False, drop_path_rate=0.)
+    head = GroupMambaClsHead(arch['num_classes'], arch['embed_dims'][-1],
+                             mlp_ratio=arch['cls_mlp_ratio'])
+    backbone.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
+    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith('head.')})
+    return torch.nn.Sequential(backbone, head).cuda().eval()
+
+
+@requires_triton_gpu
+def test_released_fixture_logits_on_triton_path(reference):
+    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    model = _small_classifier(reference)
+    set_mixer_impl(model, 'grouped', 'triton')
+    exp = reference['expected']
+    x, expected = exp['input'].cuda(), exp['logits_eval'].cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=0)
+        set_mixer_impl(model, 'reference', 'pytorch')
+        with torch.autocast('cuda', dtype=torch.float16):
+            ref_amp = model(x).float()
+        set_mixer_impl(model, 'grouped', 'triton')
+        with torch.autocast('cuda', dtype=torch.float16):
+            amp = model(x).float()
+    assert torch.isfinite(amp).all()
+    err, ref_err = (amp - expected).abs().max().item(), (ref_amp - expected).abs().max().item()
+    print(f'fp16 autocast: max |logit error| triton {err:.2e}, reference path {ref_err:.2e}')
+    # fp16 rounding of every matmul output (stem, FFN, heads, not the scan) sets the floor:
+    # the reference execution is as far off; ours must be no worse.
+    assert err <= max(1e-3, 1.5 * ref_err)
+    torch.testing.assert_close(amp, ref_amp, atol=max(1e-3, 2 * ref_err), rtol=0)
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('amp', [False, True])
+def test_model_training_step_triton_vs_reference(amp):
+    from mmgroupmamba.models import GroupMamba
+    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    torch.manual_seed(0)
+    model = GroupMamba(dict(stem_channels=16, embed_dims=[32, 64, 348, 128],
+                            depths=[1, 2, 2, 1], mlp_ratios=[2, 2, 2, 2]),
+                       drop_path_rate=0.).cuda()
+    x = torch.randn(3, 3, 96, 80, device='cuda')
+    results = {}
+    for impl, backend in (('reference', 'pytorch'), ('grouped', 'triton')):
+        set_mixer_impl(model, impl, backend)
+        model.zero_grad()
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
+            outs = model(x)
+        loss = sum(o.float().square().mean() for o in outs)
+        loss.backward()
+        results[impl] = ([o.float() for o in outs],
+                         {n: p.grad.clone() for n, p in model.named_parameters()})
+    tol = 5e-2 if amp else 1e-4
+    for a, b in zip(results['grouped'][0], results['reference'][0]):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=tol * max(1., b.abs().max().item()), rtol=tol)
+    for name, g in results['reference'][1].items():
+        got = results['grouped'][1][name]
+        assert torch.isfinite(got).all(), name
+        if not amp:
+            torch.testing.assert_close(got, g, atol=1e-3 * max(1e-2, g.abs().max().item()),
+                                       rtol=1e-3, msg=name)
+
+
+@requires_cuda
+def test_auto_backend_prefers_triton_on_cuda():
+    from mmgroupmamba.ops import resolve_backend
+    if HAS_TRITON:
+        assert resolve_backend('auto', 'cuda') == 'triton'
+
+
+# ------------------------------------------------------------------------- generic API
+@requires_triton_gpu
+@pytest.mark.parametrize('shape,variant', [
+    ((2, 6, 37), 'full'), ((3, 200, 300), 'full'),  # 200 channels: 4 channel blocks
+    ((2, 16, 2049), 'full'), ((2, 6, 37), 'no_d_bias'), ((2, 6, 37), 'no_softplus')])
+def test_generic_triton_matches_reference_fp32(shape, variant):
+    from mmgroupmamba.ops.selective_scan_triton import selective_scan_triton
+    ref_in = _scan_inputs(*shape, 'cuda')
+    tri_in = _scan_inputs(*shape, 'cuda')
+    kw = dict(delta_softplus=variant != 'no_softplus')
+    if variant == 'no_d_bias':
+        for inp in (ref_in, tri_in):
+            inp['D'] = inp['delta_bias'] = None
+    if variant == 'no_softplus':
+        for inp in (ref_in, tri_in):  # positive delta without softplus
+            inp['delta'] = inp['delta'].detach().abs().requires_grad_()
+    ref_in = {k: v for k, v in ref_in.items() if v is not None}
+    tri_in = {k: v for k, v in tri_in.items() if v is not None}
+    y_ref = selective_scan_ref(**ref_in, **kw)
+    y = selective_scan_triton(**tri_in, **kw)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y.backward(grad)
+    _assert_grads_close(_grads(tri_in), _grads(ref_in), rtol=1e-4, msg=str(shape))
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_generic_triton_half_inputs(dtype):
+    from mmgroupmamba.ops import selective_scan
+    inp = {k: v.detach() for k, v in _scan_inputs(2, 24, 333, 'cuda', dtype).items()}
+    y = selective_scan(**inp, backend='triton')
+    assert y.dtype == dtype
+    y_ref = selective_scan_ref(**{k: v.float() for k, v in inp.items()})
+    torch.testing.assert_close(y.float(), y_ref, atol=3e-2, rtol=3e-2)
+
+
+def test_generic_triton_rejects_state_size_above_one():
+    if not HAS_TRITON:
+        pytest.skip('triton not installed')
+    from mmgroupmamba.ops.selective_scan_triton import selective_scan_triton
+    u = torch.randn(1, 2, 5)
+    with pytest.raises(ValueError, match='state size 1'):
+        selective_scan_triton(u, u, -torch.ones(2, 3), torch.randn(1, 3, 5),
+                              torch.randn(1, 3, 5))
+
+
+# ------------------------------------------------------------------- fused dwconv+act
+@requires_triton_gpu
+@pytest.mark.parametrize('shape,act', [((2, 56, 56, 64), 'silu'), ((3, 13, 17, 348), 'silu'),
+                                       ((2, 1, 1, 448), 'silu'), ((2, 28, 28, 512), 'gelu'),
+                                       ((1, 7, 7, 1792), 'gelu')])
+def test_fused_dwconv_matches_pytorch(shape, act):
+    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act
+    torch.manual_seed(0)
+    C = shape[-1]
+    x = torch.randn(*shape, device='cuda', requires_grad=True)
+    w = torch.randn(C, 1, 3, 3, device='cuda', requires_grad=True)
+    b = torch.randn(C, device='cuda', requires_grad=True)
+    y, y_ref = depthwise_conv3x3_act(x, w, b, act), _torch_impl(x, w, b, act)
+    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
+    for name, a, r in zip('xwb', grads, grads_ref):
+        torch.testing.assert_close(a, r, atol=1e-4 * max(1., r.abs().max().item()),
+                                   rtol=1e-4, msg=name)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        y16 = depthwise_conv3x3_act(x.detach().bfloat16(), w, b, act)
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), y_ref, atol=5e-2, rtol=5e-2)
+
+
+# ------------------------------------------------------------------ Triton interpreter
+_INTERPRET_SCRIPT = textwrap.dedent('''
+    import sys, torch
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from test_triton_scan import _scan_inputs, _grouped_inputs, _grads, _assert_grads_close
+    from mmgroupmamba.ops import selective_scan_ref, grouped_selective_scan_torch
+    from mmgroupmamba.ops import grouped_selective_scan
+    from mmgroupmamba.ops.selective_scan_triton import selective_scan_triton
+    for shape in [(2, 5, 37), (1, 3, 1)]:
+        a, b = _scan_inputs(*shape, 'cpu'), _scan_inputs(*shape, 'cpu')
+        y, y_ref = selective_scan_triton(**a, _block_l=16), selective_scan_ref(**b)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
+        _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
+    for shape in [(2, 3, 7, 5, 2), (1, 1, 1, 3, 1)]:
+        a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
+        y = grouped_selective_scan(**a, backend='triton')
+        y_ref = grouped_selective_scan_torch(**b, sequential=True)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
+        _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
+    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act
+    for shape, act in [((2, 5, 7, 20), 'silu'), ((1, 3, 2, 70), 'gelu')]:
+        x = torch.randn(*shape, requires_grad=True)
+        w = torch.randn(shape[-1], 1, 3, 3, requires_grad=True)
+        b = torch.randn(shape[-1], requires_grad=True)
+        y, y_ref = depthwise_conv3x3_act(x, w, b, act), _torch_impl(x, w, b, act)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(y)
+        for a, r in zip(torch.autograd.grad(y, (x, w, b), g),
+                        torch.autograd.grad(y_ref, (x, w, b), g)):
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+    print('interpreter ok')
+''')
+
+
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1',
+                    reason='needs Triton (its CPU interpreter)')
+def test_kernels_in_triton_interpreter():
+    script = _INTERPRET_SCRIPT.format(root=REPO_ROOT, tests=os.path.join(REPO_ROOT, 'tests'))
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'interpreter ok' in result.stdout
+
+
+# ------------------------------------------------------------- offline sm_90 compile
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_TRITON_COMPILE_CHECK') != '1',
+                    reason='set MMGM_TRITON_COMPILE_CHECK=1 (needs Triton; ~1 minute)')
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """Triton compiles to PTX and runs its bundled ptxas without a GPU: catches kernels
+    that the interpreter accepts but the compiler rejects, and reports register spills."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mmgroupmamba.ops import dwconv
+    from mmgroupmamba.ops import selective_scan_triton as sst
+    fp32_ptrs = {'w_ptr', 'bias_ptr', 'A_ptr', 'D_ptr', 'lnw_ptr', 'lnb_ptr', 'hs_ptr',
+                 'dA_ptr', 'dD_ptr', 'dbias_ptr', 'dlnw_ptr', 'dlnb_ptr', 'dw_ptr',
+                 'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr'}
+
+    def compile_kernel(fn, consts, num_warps):
+        sig = {}
+        for name in fn.arg_names:
+            if name in consts:
+                sig[name] = 'constexpr'
+            elif name.endswith('_ptr'):
+                sig[name] = ('*fp32' if name in fp32_ptrs else
+                             '*i32' if name == 'dir_ptr' else '*bf16')
+            else:
+                sig[name] = 'fp32' if name == 'eps' else 'i32'
+        return triton.compile(ASTSource(fn, sig, constexprs=consts),
+                              target=GPUTarget('cuda', 90, 32),
+                              options=dict(num_warps=num_warps))
+
+    flags = dict(HAS_DT_PROJ=True, HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=True,
+                 HAS_NORM=True)
+    compile_kernel(sst._scan_fwd_kernel, dict(G=4, R=6, BLOCK_L=16, BLOCK_D=128,
+                                              SAVE_STATES=True, **flags), 4)
+    compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
+                                              BLOCK_D=128, **flags), 8)
+    for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True)),
+                       (dwconv._dw_bwd_pre_kernel, dict(ACT=1, HAS_BIAS=True)),
+                       (dwconv._dw_bwd_input_kernel, {})):
+        compile_kernel(fn, dict(BLOCK_P=16, BLOCK_C=64, **consts), 8)
