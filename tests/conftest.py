@@ -35,3 +35,14 @@ def _seed():
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """A Runner built inside a test makes its scope (mmdet, mmseg, ...) the process-wide
+    default; restore the previous scopes so later tests see a clean registry context."""
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)
