@@ -9,9 +9,11 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# PYTHON: the interpreter holding torch (python, else python3).
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 
 PYTHONPATH="$ROOT":$PYTHONPATH \
-exec python -m torch.distributed.run \
+exec "$PYTHON" -m torch.distributed.run \
     --nnodes=$NNODES \
     --node_rank=$NODE_RANK \
     --master_addr=$MASTER_ADDR \
