@@ -5,7 +5,7 @@ from .version import __version__
 
 apply_compat_patches()
 
-from . import models  # noqa: E402,F401  (registers the modules)
+from . import engine, models  # noqa: E402,F401  (registers the modules)
 from .models import GroupMamba  # noqa: E402
 
 __all__ = ['GroupMamba', '__version__']

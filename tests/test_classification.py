@@ -6,15 +6,13 @@ import json
 import os
 import os.path as osp
 import pickle
-import random
 import shutil
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS, DefaultScope
+from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
 from conftest import REPO_ROOT
@@ -250,28 +248,6 @@ def test_released_weights_evaluate_with_tools_test(reference, tmp_path):
 
 
 # ------------------------------------------------------------------------ resumption
-@HOOKS.register_module(force=True)
-class _ReseedPerStepHook(Hook):
-    """Test-only: makes every random stream a function of (seed, epoch, iteration), so
-    an epoch-boundary resume replays the random augmentations exactly. MMEngine does not
-    save RNG states in checkpoints; see test_resume_is_exact."""
-
-    priority = 'HIGHEST'
-
-    @staticmethod
-    def _seed(value):
-        value %= 2**32
-        random.seed(value)
-        np.random.seed(value)
-        torch.manual_seed(value)
-
-    def before_train_epoch(self, runner):
-        self._seed(runner.seed * 1000003 + 7919 * (runner.epoch + 1))
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        self._seed(runner.seed * 1000003 + 104729 * (runner.iter + 1) + 1)
-
-
 def _scalars(work_dir):
     (path, ) = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
     with open(path) as f:
@@ -287,8 +263,8 @@ def test_resume_is_exact(augment, shapes, tmp_path):
     Everything in the checkpoint is exercised: AdamW state, warm-up/cosine position,
     EMA, the message hub, the data order; the teacher is reloaded from its file. With
     random augmentation (crops, flips, Mixup/CutMix) the RNG streams must also match,
-    which MMEngine does not provide by itself: that variant adds the reseeding hook
-    above.
+    which MMEngine does not provide by itself: that variant adds our StepSeedHook
+    (mmgroupmamba/engine), as the ImageNet configs do.
     """
     train_tool = _load_tool('train')
     teacher = write_teacher(tmp_path / 'teacher.pth', num_classes=8)
@@ -315,7 +291,7 @@ def test_resume_is_exact(augment, shapes, tmp_path):
     if augment:
         lines.append("custom_hooks = [dict(type='EMAHook', momentum=1e-2, "
                      "priority='ABOVE_NORMAL', update_buffers=True), "
-                     "dict(type='_ReseedPerStepHook')]")
+                     "dict(type='StepSeedHook')]")
     cfg_file.write_text('\n'.join(lines) + '\n')
 
     straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')

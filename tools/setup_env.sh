@@ -62,19 +62,25 @@ build_mmcv() {
   rm -rf "$src"
 }
 
+MMCV_WHEEL=()
 if ! "$PY" -c "import mmcv.ops" 2>/dev/null; then
   TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)')"
   WHEEL_DIR="$MMCV_CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION"
   if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
     log "building mmcv $MMCV_VERSION with ops for torch $TORCH_VERSION (about 20 minutes on 2 cores, once; cached in $WHEEL_DIR)"
+    rm -rf "$WHEEL_DIR.tmp"
     mkdir -p "$WHEEL_DIR.tmp" && build_mmcv "$WHEEL_DIR.tmp" && mv "$WHEEL_DIR.tmp" "$WHEEL_DIR"
   fi
-  "${PIP[@]}" --no-deps --force-reinstall "$WHEEL_DIR"/mmcv-*.whl
-  "$PY" -c "import mmcv.ops" || { log "mmcv.ops failed to import after the build"; exit 1; }
+  MMCV_WHEEL=("$WHEEL_DIR"/mmcv-*.whl)
+  # Replace whatever mmcv is there (a broken or foreign build) without touching torch.
+  "${PIP[@]}" --no-deps --force-reinstall "${MMCV_WHEEL[@]}"
 fi
 
+# The wheel is named again here so that pip installs mmcv's own run-time dependencies
+# (opencv-python, addict, yapf, ...) alongside the pins: `import mmcv` needs cv2.
 log "installing pinned OpenMMLab packages and test requirements"
-"${PIP[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"${PIP[@]}" "${MMCV_WHEEL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"$PY" -c "import mmcv.ops" || { log "mmcv.ops does not import (see the error above)"; exit 1; }
 "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
 "$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmgroupmamba" >&2
 echo "$HASH" > "$STAMP"

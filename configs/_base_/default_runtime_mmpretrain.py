@@ -14,8 +14,10 @@ default_hooks = dict(
 
 # EMA of the weights (and buffers) with decay 0.9999 per iteration, as released;
 # validation, test and the saved `state_dict` use the EMA weights.
+# StepSeedHook (mmgroupmamba) makes `--resume` replay the random augmentation exactly.
 custom_hooks = [
     dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL', update_buffers=True),
+    dict(type='StepSeedHook'),
 ]
 
 env_cfg = dict(

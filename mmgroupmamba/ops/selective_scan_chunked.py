@@ -48,19 +48,23 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, delta_bias=None,
     b = b.view(batch, dim, n_chunks, T, n_state)
     a = log_a.exp()
 
-    # 1. Scan inside every chunk from a zero state, all chunks in parallel.
-    h_local = []
-    h = torch.zeros_like(b[:, :, :, 0])
-    for t in range(T):
-        h = a[:, :, :, t] * h + b[:, :, :, t]
+    # 1. Scan inside every chunk from a zero state, all chunks in parallel. unbind()
+    # gives views once (indexing in the loop would make autograd fill a full-size zero
+    # gradient per step), and addcmul fuses the update.
+    a_steps, b_steps = a.unbind(3), b.unbind(3)
+    h = b_steps[0]
+    h_local = [h]
+    for t in range(1, T):
+        h = torch.addcmul(b_steps[t], a_steps[t], h)
         h_local.append(h)
     h_local = torch.stack(h_local, dim=3)                    # (b, d, chunks, T, n)
 
     # 2. Chain the chunks: state entering chunk c.
-    chunk_decay = log_a.sum(dim=3).exp()                     # (b, d, chunks, n)
-    carries = [torch.zeros_like(h_local[:, :, 0, 0])]
+    chunk_decay = log_a.sum(dim=3).exp().unbind(2)           # chunks x (b, d, n)
+    chunk_end = h_local[:, :, :, -1].unbind(2)
+    carries = [torch.zeros_like(chunk_end[0])]
     for c in range(n_chunks - 1):
-        carries.append(chunk_decay[:, :, c] * carries[-1] + h_local[:, :, c, -1])
+        carries.append(torch.addcmul(chunk_end[c], chunk_decay[c], carries[-1]))
     h_in = torch.stack(carries, dim=2)                       # (b, d, chunks, n)
 
     # 3. Add each chunk's incoming state, decayed to every position inside the chunk.

@@ -1,0 +1,3 @@
+from .step_seed_hook import StepSeedHook
+
+__all__ = ['StepSeedHook']
