@@ -5,13 +5,10 @@
 #   python tools/train.py configs/demo/groupmamba-demo_distill-teacher_shapes.py \
 #       --work-dir work_dirs/demo_distill/teacher
 # tools/misc/run_distill_demo.sh runs this and both students.
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-
-data_root = 'data/shapes'
-num_classes = 8
-classes = ['circle', 'square', 'triangle', 'cross', 'ring', 'h_stripes', 'v_stripes',
-           'checker']
+_base_ = [
+    '../_base_/datasets/shapes_bs32.py',
+    '../_base_/default_runtime_mmpretrain.py',
+]
 
 # The students' config repeats this dict as its `teacher` (configs cannot import).
 model = dict(
@@ -21,7 +18,7 @@ model = dict(
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',
-        num_classes=num_classes,
+        num_classes={{_base_.num_classes}},
         in_channels=128,
         loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
         topk=(1, )),
@@ -32,51 +29,6 @@ model = dict(
         dict(type='Mixup', alpha=0.8),
         dict(type='CutMix', alpha=1.0),
     ]))
-
-# The teacher sees the students' preprocessed images: same normalisation.
-data_preprocessor = dict(
-    num_classes=num_classes,
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    to_rgb=True)
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.35, 1.0),
-         backend='pillow', interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='PackInputs'),
-]
-
-train_dataloader = dict(
-    batch_size=32,
-    num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='train',
-        ann_file='meta/train.txt',
-        classes=classes,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=64,
-    num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='val',
-        ann_file='meta/val.txt',
-        classes=classes,
-        pipeline=test_pipeline))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_dataloader = val_dataloader
-test_evaluator = val_evaluator
 
 max_epochs = 100
 optim_wrapper = dict(
@@ -93,21 +45,7 @@ val_cfg = dict()
 test_cfg = dict()
 
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=15),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='VisualizationHook', enable=False),
-)
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
-)
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
-log_level = 'INFO'
-load_from = None
-resume = False
+    logger=dict(interval=15),
+    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1, save_best=None))
+custom_hooks = []
 randomness = dict(seed=0, deterministic=True)

@@ -9,13 +9,10 @@
 #   python tools/train.py configs/demo/groupmamba-demo_distill_shapes.py \
 #       --work-dir work_dirs/demo_distill/student_distill \
 #       --cfg-options model.teacher_checkpoint=work_dirs/demo_distill/teacher/epoch_100.pth
-custom_imports = dict(imports=['mmgroupmamba'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-
-data_root = 'data/shapes'
-num_classes = 8
-classes = ['circle', 'square', 'triangle', 'cross', 'ring', 'h_stripes', 'v_stripes',
-           'checker']
+_base_ = [
+    '../_base_/datasets/shapes_bs32.py',
+    '../_base_/default_runtime_mmpretrain.py',
+]
 
 model = dict(
     type='DistillImageClassifier',
@@ -33,7 +30,7 @@ model = dict(
     neck=None,
     head=dict(
         type='GroupMambaClsHead',
-        num_classes=num_classes,
+        num_classes={{_base_.num_classes}},
         in_channels=128,
         mlp_ratio=2,
         distill_type='hard',
@@ -46,7 +43,7 @@ model = dict(
         backbone=dict(type='ResNet', depth=18, stem_channels=16, base_channels=16,
                       out_indices=(3, )),
         neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=128)),
+        head=dict(type='LinearClsHead', num_classes={{_base_.num_classes}}, in_channels=128)),
     teacher_checkpoint='work_dirs/demo_distill/teacher/epoch_100.pth',
     # No Mixup/CutMix for the students (the teacher is trained with them): in 40 epochs
     # they keep this small student far from convergence (~87% with or without a
@@ -54,51 +51,6 @@ model = dict(
     # the mixed path (teacher on the mixed images) is covered by tests/test_distillation.
     train_cfg=None,
 )
-
-data_preprocessor = dict(
-    num_classes=num_classes,
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    to_rgb=True)
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResizedCrop', scale=64, crop_ratio_range=(0.35, 1.0),
-         backend='pillow', interpolation='bicubic'),
-    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-    dict(type='PackInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='PackInputs'),
-]
-
-# num_workers=0: exact resumption on CPU (all randomness in the main process).
-train_dataloader = dict(
-    batch_size=32,
-    num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='train',
-        ann_file='meta/train.txt',
-        classes=classes,
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=64,
-    num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='val',
-        ann_file='meta/val.txt',
-        classes=classes,
-        pipeline=test_pipeline))
-val_evaluator = dict(type='Accuracy', topk=(1, ))
-test_dataloader = val_dataloader
-test_evaluator = val_evaluator
 
 max_epochs = 40
 warmup_epochs = 2
@@ -118,25 +70,10 @@ val_cfg = dict()
 test_cfg = dict()
 
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=15),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='VisualizationHook', enable=False),
-)
+    logger=dict(interval=15),
+    checkpoint=dict(interval=10, max_keep_ckpts=1, save_best=None))
 # EMA as in the recipe, with a decay suited to ~600 iterations (0.99 instead of 0.9999).
 custom_hooks = [
     dict(type='EMAHook', momentum=1e-2, priority='ABOVE_NORMAL', update_buffers=True),
 ]
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'),
-)
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
-log_level = 'INFO'
-load_from = None
-resume = False
 randomness = dict(seed=0, deterministic=True)
