@@ -19,7 +19,6 @@ H x W order. Backends:
 the G groups' ``B`` (N each), then their ``C`` (N each) -- what a block-diagonal ``x_proj``
 over the concatenated groups produces.
 """
-import math
 from typing import Sequence
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from .selective_scan import (_mamba_ssm_fn, _triton_grouped_fn, resolve_backend,
                              triton_interpreting)
+from .selective_scan_chunked import chunked_linear_recurrence
 
 DEFAULT_DIRECTIONS = ('row', 'col', 'row_rev', 'col_rev')
 
@@ -61,41 +61,17 @@ def restore_groups(seq: torch.Tensor, directions: Sequence[str], hw) -> torch.Te
 
 
 def _linear_recurrence(log_a: torch.Tensor, bx: torch.Tensor, sequential=False):
-    """``h_t = exp(log_a_t) h_(t-1) + bx_t`` along dim 2 of (b, ch, L, N), from h = 0.
-
-    Two-level chunked (about ``2 sqrt(L)`` vectorised steps, see
-    :mod:`.selective_scan_chunked`), or one step per token with ``sequential``.
-    """
-    if sequential:
-        h = torch.zeros_like(bx[:, :, 0])
-        out = []
-        for t in range(bx.shape[2]):
-            h = log_a[:, :, t].exp() * h + bx[:, :, t]
-            out.append(h)
-        return torch.stack(out, dim=2)
-    b, ch, length, n = bx.shape
-    T = max(1, int(math.ceil(math.sqrt(length))))
-    n_chunks = -(-length // T)
-    pad = n_chunks * T - length
-    if pad:  # a = 1, b = 0 leaves the state unchanged
-        log_a = F.pad(log_a, (0, 0, 0, pad))
-        bx = F.pad(bx, (0, 0, 0, pad))
-    log_a = log_a.view(b, ch, n_chunks, T, n)
-    bx = bx.view(b, ch, n_chunks, T, n)
-    a = log_a.exp()
-    h = torch.zeros_like(bx[:, :, :, 0])
-    local = []
-    for t in range(T):
-        h = a[:, :, :, t] * h + bx[:, :, :, t]
-        local.append(h)
-    local = torch.stack(local, dim=3)
-    decay = log_a.sum(dim=3).exp()
-    carries = [torch.zeros_like(local[:, :, 0, 0])]
-    for c in range(n_chunks - 1):
-        carries.append(decay[:, :, c] * carries[-1] + local[:, :, c, -1])
-    h_in = torch.stack(carries, dim=2)
-    h_all = local + log_a.cumsum(dim=3).exp() * h_in[:, :, :, None]
-    return h_all.reshape(b, ch, n_chunks * T, n)[:, :, :length]
+    """``h_t = exp(log_a_t) h_(t-1) + bx_t`` along dim 2 of (b, ch, L, N), from h = 0:
+    two-level chunked (:func:`chunked_linear_recurrence`), or one step per token with
+    ``sequential`` (the test reference)."""
+    if not sequential:
+        return chunked_linear_recurrence(log_a, bx)
+    h = torch.zeros_like(bx[:, :, 0])
+    out = []
+    for t in range(bx.shape[2]):
+        h = log_a[:, :, t].exp() * h + bx[:, :, t]
+        out.append(h)
+    return torch.stack(out, dim=2)
 
 
 def _split_xdbl(xdbl, G, R, N, directions):
