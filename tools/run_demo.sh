@@ -11,12 +11,12 @@ WORK=work_dirs/groupmamba-demo_shapes
 START=$(date +%s)
 
 "$PY" tools/misc/generate_demo_data.py cls --out data/shapes
-CKPT="$WORK/epoch_12.pth"
-if [[ "${1:-}" == "--retrain" || ! -f "$CKPT" ]]; then
+if [[ "${1:-}" == "--retrain" || ! -f "$WORK/last_checkpoint" ]]; then
   "$PY" tools/train.py "$CONFIG" --work-dir "$WORK"
 else
-  echo "[demo] $CKPT exists: skipping training (pass --retrain to train again)"
+  echo "[demo] $(cat "$WORK/last_checkpoint") exists: skipping training (pass --retrain to train again)"
 fi
+CKPT="$(cat "$WORK/last_checkpoint")"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" 2>&1 | tee "$WORK/test.log"
 TOP1=$(grep -oE "accuracy/top1: [0-9.]+" "$WORK/test.log" | tail -n 1 | awk '{print $2}')
 echo "[demo] GroupMamba on the generated 8-class shapes set: top-1 = ${TOP1}% (chance 12.5%), $(( $(date +%s) - START )) s"
