@@ -10,8 +10,8 @@
 # four normalised outputs -> FPN -> RPN -> RoIAlign box head + mask head), narrower and
 # shallower, with fewer sampled anchors/RoIs; evaluated with mmdet's CocoMetric (bbox and
 # segm) on real files through mmdet's CocoDataset.
-# Reference run (seed 0, 2 CPU cores shared with other jobs): bbox mAP 0.382, segm mAP
-# 0.389 on the 50 val images; 13 min training (150 iterations), 15 s testing.
+# Reference run (seed 0, 2 CPU cores, one thread): bbox mAP 0.390, segm mAP 0.402 on the
+# 50 val images; training (150 iterations) and testing together 3.6 minutes.
 _base_ = ['../maskrcnn_groupmamba_t_1x.py']
 
 data_root = 'data/shapes_coco/'

@@ -6,6 +6,9 @@
 #   python tools/test.py configs/demo/upernet_groupmamba_demo.py \
 #       work_dirs/seg_demo/iter_1000.pth [--tta]                  # single-scale / MS + flip
 #
+# Reference run (seed 0, 2 CPU cores shared with another job): mIoU 84.56 single-scale,
+# 88.22 multi-scale + flip; ~9 minutes for training and both tests.
+#
 # Inherits configs/upernet_groupmamba_t_160k_ade20k.py (pipeline, optimizer rules, schedule
 # shape, TTA) and scales it down: crops of 128 instead of 512,
 # resize scales / 4, 1000 iterations of batch 8, a higher lr for training from scratch.
