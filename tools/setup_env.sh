@@ -80,9 +80,9 @@ fi
 # (opencv-python, addict, yapf, ...) alongside the pins: `import mmcv` needs cv2.
 log "installing pinned OpenMMLab packages and test requirements"
 "${PIP[@]}" "${MMCV_WHEEL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-"$PY" -c "import mmcv.ops" || { log "mmcv.ops does not import (see the error above)"; exit 1; }
 "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
-"$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmgroupmamba" >&2
+"$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmgroupmamba" >&2 \
+  || { log "the environment does not import (see the error above)"; exit 1; }
 echo "$HASH" > "$STAMP"
 log "ready: $VENV"
 echo "$PY"
