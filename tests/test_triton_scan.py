@@ -364,7 +364,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     from mmgroupmamba.ops import selective_scan_triton as sst
     fp32_ptrs = {'w_ptr', 'bias_ptr', 'A_ptr', 'D_ptr', 'lnw_ptr', 'lnb_ptr', 'hs_ptr',
                  'dA_ptr', 'dD_ptr', 'dbias_ptr', 'dlnw_ptr', 'dlnb_ptr', 'dw_ptr',
-                 'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr'}
+                 'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr', 's_ptr',
+                 'ds_part_ptr', 'dwb_part_ptr'}
 
     def compile_kernel(fn, consts, num_warps):
         sig = {}
@@ -390,3 +391,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                        (dwconv._dw_bwd_pre_kernel, dict(ACT=1, HAS_BIAS=True)),
                        (dwconv._dw_bwd_input_kernel, {})):
         compile_kernel(fn, dict(BLOCK_P=16, BLOCK_C=64, **consts), 8)
+    from mmgroupmamba.ops import fused_layer_norm as ln
+    for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):
+        compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=True, HAS_W=True,
+                                **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})), 8)

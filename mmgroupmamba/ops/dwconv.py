@@ -16,6 +16,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .dispatch import fused_kernels_enabled
+
 ACTIVATIONS = {'none': 0, 'silu': 1, 'gelu': 2}
 
 try:
@@ -239,7 +241,8 @@ def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
         raise ValueError(f'Expected x (B, H, W, C) and weight (C, 1, 3, 3), got '
                          f'{tuple(x.shape)} and {tuple(weight.shape)}.')
     interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
-    if triton is None or not (x.is_cuda or interpret) or torch.jit.is_tracing():
+    if (triton is None or not fused_kernels_enabled() or not (x.is_cuda or interpret)
+            or torch.jit.is_tracing()):
         return _torch_impl(x, weight, bias, act)
     if x.is_cuda and torch.is_autocast_enabled('cuda') and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype('cuda'))  # what F.conv2d would do

@@ -9,9 +9,10 @@ Our rows (the classifier: backbone, class block and both heads):
 * ``triton``, ``pytorch``, ``mamba_ssm``: the grouped layer execution (all four groups as
   a few batched kernels) with that scan backend (``triton``: one fused kernel per layer);
 * ``reference-layer``: the per-group execution, one VSSS after the other as in the
-  released code, with mamba-ssm's CUDA scan where installed, else the PyTorch scan. It
-  stands in for the released implementation; ``reference-layer:<backend>`` picks its
-  scan backend.
+  released code, with mamba-ssm's CUDA scan where installed, else the PyTorch scan, and
+  PyTorch's own LayerNorm and depthwise conv (our fused kernels off, norms in fp32 under
+  autocast). It stands in for the released implementation; ``reference-layer:<backend>``
+  picks its scan backend.
 
 When timm imports, ConvNeXt-T and Swin-T run in the same process with the same batch,
 resolution, precision and timing, and every row gets its ratio to them. Inference runs
@@ -125,24 +126,6 @@ def build_ours(args):
     return Classifier(arch, with_cp=args.with_cp)
 
 
-def fuse_ffn_convs(model):
-    """Preview of a ConvFFN that runs ``dwconv -> GELU`` as one fused kernel
-    (:func:`mmgroupmamba.ops.depthwise_conv3x3_act`, which keeps only the conv input for
-    the backward). No-op for FFNs that already do."""
-    import types
-
-    from mmgroupmamba.models.layers import ConvFFN
-    from mmgroupmamba.ops import depthwise_conv3x3_act
-
-    def forward(self, x):
-        x = depthwise_conv3x3_act(self.fc1(x), self.dwconv.weight, self.dwconv.bias, 'gelu')
-        return self.fc2(x)
-    for m in model.modules():
-        if isinstance(m, ConvFFN) and isinstance(m.act, nn.GELU) and m.act.approximate == 'none':
-            m.forward = types.MethodType(forward, m)
-    return model
-
-
 def parse_backend(spec: str):
     """``triton`` -> ('grouped', 'triton'); ``reference-layer[:b]`` -> ('reference', b)."""
     from mmgroupmamba.ops import available_backends
@@ -168,10 +151,21 @@ def backend_usable(backend: str, device: torch.device):
 
 def configure(model, spec, args):
     from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    from mmgroupmamba.models.layers import LayerNorm
     impl, backend = parse_backend(spec)
     set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode,
                    mixer_cp=args.mixer_cp, fused_conv=not args.no_fused_conv)
+    if impl == 'reference':  # the released numerics: every LayerNorm in fp32 under autocast
+        for m in model.modules():
+            if isinstance(m, LayerNorm):
+                m.amp_output = False
     return impl, backend
+
+
+def uses_fused_kernels(spec, args):
+    """Our LayerNorm / depthwise-conv kernels: off for the stand-in of the released code
+    and with ``--unfused``."""
+    return not args.unfused and parse_backend(spec)[0] != 'reference'
 
 
 # ----------------------------------------------------------------------------- timing
@@ -257,12 +251,15 @@ def profile(step, device, rows, label):
 # ------------------------------------------------------------------------ correctness
 @torch.no_grad()
 def check_against_reference(model, backends, args, device, n=8):
-    """Max |logit difference| of every backend vs the per-group reference path (fp32)."""
+    """Max |logit difference| of every backend vs the per-group reference path with
+    PyTorch's ops throughout (fp32)."""
     from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
     x = torch.randn(n, 3, args.img_size, args.img_size, device=device)
     model.eval()
+    from mmgroupmamba.ops import fused_kernels
     set_mixer_impl(model, impl='reference', scan_backend='pytorch', linear_mode='auto')
-    ref = model(x).float()
+    with fused_kernels(False):
+        ref = model(x).float()
     diffs = {}
     for spec in backends:
         impl, backend = parse_backend(spec)
@@ -446,9 +443,9 @@ def main(argv=None):
     parser.add_argument('--no-fused-conv', action='store_true',
                         help='grouped layer: cuDNN depthwise conv + SiLU instead of the '
                         'fused Triton kernel')
-    parser.add_argument('--fused-ffn', action='store_true',
-                        help='run the ConvFFN\'s depthwise conv + GELU as one fused kernel '
-                        '(a preview of that change; not for reference-layer rows)')
+    parser.add_argument('--unfused', action='store_true',
+                        help='our rows without the fused LayerNorm and depthwise-conv '
+                        'kernels (PyTorch\'s ops instead), to measure what they buy')
     parser.add_argument('--scan-sweep', action='store_true',
                         help='only time the fused Triton scan at this arch\'s stage shapes '
                         'for several launch configurations, then exit')
@@ -473,6 +470,7 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = True
     import mmgroupmamba  # noqa: F401
+    from mmgroupmamba.ops import fused_kernels
     ours_label = (osp.splitext(osp.basename(args.config))[0][:14] if args.config
                   else f'GroupMamba-{args.arch[0].upper()}' if args.arch[0].isalpha()
                   else 'GroupMamba')
@@ -482,7 +480,7 @@ def main(argv=None):
           f'{args.img_size}x{args.img_size}  amp dtype {args.amp_dtype}  '
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
           f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  '
-          f'fused_conv {not args.no_fused_conv}  fused_ffn {args.fused_ffn}  '
+          f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
           f'linear_mode {args.linear_mode}')
     try:
         import triton
@@ -505,8 +503,6 @@ def main(argv=None):
                 run_args.with_cp = run_args.mixer_cp = False
             model = build_ours(run_args).to(device)
             configure(model, spec, run_args)
-            if args.fused_ffn and not reference:
-                fuse_ffn_convs(model)
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:
@@ -539,8 +535,9 @@ def main(argv=None):
     for mode in args.mode:
         for precision in args.precision:
             for spec in backends:
-                run_one(make_ours(spec), ours_label, spec, mode, precision, args, device,
-                        results, prof=args.profile)
+                with fused_kernels(uses_fused_kernels(spec, args)):
+                    run_one(make_ours(spec), ours_label, spec, mode, precision, args, device,
+                            results, prof=args.profile)
             for name in (args.baselines or []):
                 try:
                     import timm

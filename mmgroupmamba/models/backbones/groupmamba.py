@@ -10,7 +10,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import ConvStem, Downsample, GroupMambaBlock, VSSS
+from ..layers import ConvStem, Downsample, GroupMambaBlock, LayerNorm, VSSS
 
 
 @MODELS.register_module()
@@ -111,10 +111,10 @@ class GroupMamba(BaseModule):
         # Stages 1-3 end in a norm that is part of the released network; stage 4 gets one
         # only as an output norm for dense prediction.
         for i in range(self.num_stages - 1):
-            self.add_module(f'norm{i}', nn.LayerNorm(embed_dims[i], eps=1e-6))
+            self.add_module(f'norm{i}', LayerNorm(embed_dims[i], eps=1e-6))
         if final_norm:
             self.add_module(f'norm{self.num_stages - 1}',
-                            nn.LayerNorm(embed_dims[-1], eps=1e-6))
+                            LayerNorm(embed_dims[-1], eps=1e-6))
         self._freeze_stages()
 
     def _parse_arch(self, arch):

@@ -5,6 +5,7 @@ from mmcv.cnn.bricks import DropPath
 
 from .ffn import ConvFFN, Mlp
 from .group_mamba_layer import ModulatedGroupMamba
+from .norm import LayerNorm
 
 
 class GroupMambaBlock(nn.Module):
@@ -18,7 +19,7 @@ class GroupMambaBlock(nn.Module):
                  d_state: int = 1, scan_backend: str = 'auto', with_cp: bool = False):
         super().__init__()
         self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6, amp_output=True)  # feeds the FFN's fc1
         self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.with_cp = with_cp
@@ -44,8 +45,8 @@ class ClassBlock(nn.Module):
                  scan_backend: str = 'auto'):
         super().__init__()
         self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.ffn = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, cls_token):

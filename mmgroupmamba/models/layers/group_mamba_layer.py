@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan
+from .norm import LayerNorm
 from .vsss import SCAN_DIRECTIONS, VSSS
 
 MIXER_IMPLS = ('auto', 'grouped', 'reference')
@@ -158,7 +159,9 @@ class ModulatedGroupMamba(nn.Module):
         self.mixer_cp = mixer_cp
         self.fused_conv = fused_conv
         group_dim = dim // self.num_groups
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        # its output feeds the projections and the products with their outputs: under
+        # autocast it is written in the autocast dtype
+        self.norm = LayerNorm(dim, eps=1e-5, amp_output=True)
         self.affinity = ChannelAffinity(dim)
         self.groups = nn.ModuleList(
             VSSS(group_dim, direction, d_state=d_state, scan_backend=scan_backend)
@@ -277,9 +280,9 @@ class ModulatedGroupMamba(nn.Module):
             eps=ops[0].out_norm.eps, directions=tuple(op.direction for op in ops[:G]),
             backend=self.scan_backend)
         y = grouped_linear(y, prm['w_out'], self.linear_mode)
-        # the released ``y * skip_scale * x * affinity`` with the two scalars merged first
-        y = (y * x) * (self.skip_scale * affinity)[:, None, None, :]
-        return self.proj(self.norm(y))
+        # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
+        # merged first, in one pass (one kernel on CUDA)
+        return self.proj(self.norm.modulated(y, x, self.skip_scale * affinity))
 
 
 def set_mixer_impl(model: nn.Module, impl: str = None, scan_backend: str = None,

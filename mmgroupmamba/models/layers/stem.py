@@ -1,6 +1,8 @@
 """Stage-1 embedding of the released GroupMamba: a small conv stack, output stride 4."""
 import torch.nn as nn
 
+from .norm import LayerNorm
+
 
 class ConvStem(nn.Module):
     """conv7x7/2 -> (BN, ReLU) -> 2 x [conv3x3 -> BN -> ReLU] -> conv3x3/2 -> LayerNorm.
@@ -26,7 +28,7 @@ class ConvStem(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.proj = nn.Conv2d(hidden_channels, embed_dim, 3, stride=2, padding=1)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        self.norm = LayerNorm(embed_dim, eps=1e-5)
 
     def forward(self, x):
         x = self.proj(self.conv(x))

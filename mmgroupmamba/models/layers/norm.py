@@ -1,0 +1,50 @@
+"""LayerNorm over the channels of channels-last maps, run by our fused kernel on CUDA."""
+import torch
+import torch.nn as nn
+
+from mmgroupmamba.ops import layer_norm, modulated_layer_norm
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension (same parameters and state-dict keys).
+
+    On CUDA it runs :func:`mmgroupmamba.ops.layer_norm` (one Triton kernel, fp32
+    statistics), elsewhere ``F.layer_norm``.
+
+    Args:
+        amp_output: under autocast, write the autocast dtype (bf16/fp16) instead of the
+            float32 that autocast gives a LayerNorm. For a norm whose output only feeds
+            matmuls (which cast it to that dtype anyway) and products with their
+            outputs; the norms of the residual stream and of stage outputs keep float32.
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, amp_output: bool = False,
+                 **kwargs):
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+        if len(self.normalized_shape) != 1:
+            raise ValueError('mmgroupmamba LayerNorm normalises the last dimension only; '
+                             f'got normalized_shape={normalized_shape}.')
+        self.amp_output = amp_output
+
+    def _out_dtype(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type) if self.amp_output else torch.float32
+        return None
+
+    def _check(self, x):
+        if x.shape[-1] != self.normalized_shape[0]:
+            raise ValueError(f'LayerNorm over {self.normalized_shape[0]} channels got an input '
+                             f'with {x.shape[-1]} in its last dimension ({tuple(x.shape)}).')
+
+    def forward(self, x):
+        self._check(x)
+        return layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x))
+
+    def modulated(self, y, x, scale):
+        """``self(y * x * scale)`` with ``scale`` (B, C) per image, in one pass on CUDA."""
+        self._check(x)
+        return modulated_layer_norm(y, x, scale, self.weight, self.bias, self.eps,
+                                    self._out_dtype(x))
+
+    def extra_repr(self):
+        return super().extra_repr() + (', amp_output=True' if self.amp_output else '')

@@ -1,0 +1,185 @@
+"""The LayerNorm op (plain and modulated) and the LayerNorm module of the layers.
+
+CPU tests check the module and the PyTorch path; the kernels run on CPU through Triton's
+interpreter in a subprocess (skips without Triton), and on the GPU in the
+``requires_triton_gpu`` tests (fp32 against the PyTorch composition, forward and
+backward; low-precision outputs).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import REPO_ROOT
+from mmgroupmamba.models.layers import LayerNorm
+from mmgroupmamba.ops import fused_kernels, layer_norm, modulated_layer_norm
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+requires_triton_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
+
+# (shape, eps): narrow power-of-two rows, the odd widths of T/S stage 3 (348 = 4 x 87),
+# a class token (1 x 1 map), a 3-D input, several tiles per image
+SHAPES = [((2, 5, 7, 64), 1e-5), ((3, 4, 4, 348), 1e-6), ((4, 1, 1, 448), 1e-6),
+          ((2, 9, 33), 1e-5), ((3, 10, 10, 32), 1e-5)]
+
+
+def _inputs(shape, device='cpu', dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[-1]
+    t = dict(x=torch.randn(*shape, generator=g) * 2 + 0.5,
+             y=torch.randn(*shape, generator=g),
+             scale=torch.rand(shape[0], C, generator=g) + 0.5,
+             weight=1 + 0.3 * torch.randn(C, generator=g),
+             bias=0.3 * torch.randn(C, generator=g))
+    return {k: v.to(device=device, dtype=dtype if k in ('x', 'y') else torch.float32)
+            .requires_grad_() for k, v in t.items()}
+
+
+def _reference(t, modulated, eps):
+    v = t['x']
+    if modulated:
+        v = t['y'] * t['x'] * t['scale'].view(v.shape[0], *([1] * (v.dim() - 2)), -1)
+    return F.layer_norm(v, v.shape[-1:], t['weight'], t['bias'], eps)
+
+
+def _run(t, modulated, eps, out_dtype=None):
+    if modulated:
+        return modulated_layer_norm(t['y'], t['x'], t['scale'], t['weight'], t['bias'], eps,
+                                    out_dtype)
+    return layer_norm(t['x'], t['weight'], t['bias'], eps, out_dtype)
+
+
+def _check_against_reference(device, atol, grad_rtol):
+    for shape, eps in SHAPES:
+        for modulated in (False, True):
+            a, b = _inputs(shape, device), _inputs(shape, device)
+            out, ref = _run(a, modulated, eps), _reference(b, modulated, eps)
+            torch.testing.assert_close(out, ref, atol=atol, rtol=atol)
+            g = torch.randn_like(ref)
+            out.backward(g)
+            ref.backward(g)
+            for k, v in b.items():
+                if v.grad is None:
+                    assert a[k].grad is None, k
+                    continue
+                scale = max(1e-3, v.grad.abs().max().item())
+                torch.testing.assert_close(a[k].grad, v.grad, atol=grad_rtol * scale,
+                                           rtol=grad_rtol, msg=f'{shape} {modulated} {k}')
+
+
+# ---------------------------------------------------------------------------- CPU
+def test_module_is_a_drop_in_nn_layernorm():
+    ref = nn.LayerNorm(87, eps=1e-6)
+    ours = LayerNorm(87, eps=1e-6, amp_output=True)
+    nn.init.normal_(ref.weight)
+    nn.init.normal_(ref.bias)
+    ours.load_state_dict(ref.state_dict())
+    assert isinstance(ours, nn.LayerNorm)   # optimizers' paramwise rules see a norm
+    x = torch.randn(2, 3, 5, 87)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-6, rtol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert ours(x).dtype == torch.bfloat16           # feeds matmuls
+        assert LayerNorm(87)(x).dtype == torch.float32   # like nn.LayerNorm
+
+
+def test_module_modulated_matches_the_composition():
+    norm = LayerNorm(16)
+    y, x, s = torch.randn(2, 3, 4, 16), torch.randn(2, 3, 4, 16), torch.rand(2, 16)
+    torch.testing.assert_close(norm.modulated(y, x, s), norm(y * x * s[:, None, None]))
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match='48 channels'):
+        LayerNorm(48)(torch.randn(2, 3, 3, 64))
+    with pytest.raises(ValueError, match='last dimension only'):
+        LayerNorm((4, 8))
+    with pytest.raises(ValueError, match='scale \\(B, C\\)'):
+        modulated_layer_norm(torch.randn(2, 4, 8), torch.randn(2, 4, 8), torch.rand(2, 4))
+    with pytest.raises(ValueError, match='one shape'):
+        modulated_layer_norm(torch.randn(2, 4, 8), torch.randn(2, 5, 8), torch.rand(2, 8))
+
+
+def test_pytorch_path_matches_reference():
+    _check_against_reference('cpu', atol=1e-6, grad_rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- GPU
+@requires_triton_gpu
+def test_kernels_match_reference_fp32():
+    _check_against_reference('cuda', atol=1e-5, grad_rtol=1e-4)
+
+
+@requires_triton_gpu
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_kernels_low_precision_in_and_out(dtype):
+    shape, eps = (4, 28, 28, 348), 1e-5
+    for modulated in (False, True):
+        t = _inputs(shape, 'cuda', dtype)
+        out = _run(t, modulated, eps)
+        assert out.dtype == dtype
+        ref = _reference({k: v.detach().float() for k, v in t.items()}, modulated, eps)
+        torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+        # fp32 input, low-precision output (a norm feeding a matmul under autocast)
+        t32 = _inputs(shape, 'cuda')
+        out = _run(t32, modulated, eps, out_dtype=dtype)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), _reference(t32, modulated, eps),
+                                   atol=3e-2, rtol=3e-2)
+        out.float().square().mean().backward()
+        for k, v in t32.items():
+            assert v.grad is not None and torch.isfinite(v.grad).all(), k
+
+
+@requires_triton_gpu
+def test_large_map_many_tiles_per_program():
+    # more tiles than backward programs: per-program weight/bias partial sums accumulate
+    shape, eps = (64, 56, 56, 64), 1e-6
+    a, b = _inputs(shape, 'cuda'), _inputs(shape, 'cuda')
+    out, ref = _run(a, True, eps), _reference(b, True, eps)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for k in ('x', 'y', 'scale', 'weight', 'bias'):
+        scale = b[k].grad.abs().max().item()
+        torch.testing.assert_close(a[k].grad, b[k].grad, atol=1e-4 * scale, rtol=1e-3, msg=k)
+
+
+@requires_triton_gpu
+def test_switch_turns_the_kernels_off():
+    t = _inputs((2, 3, 3, 64), 'cuda')
+    with fused_kernels(False), torch.autocast('cuda', dtype=torch.bfloat16):
+        # PyTorch's LayerNorm under autocast: float32, as without our kernels
+        assert layer_norm(t['x'], t['weight'], t['bias']).dtype == torch.float32
+
+
+# ------------------------------------------------------------------ interpreter
+_INTERPRET_SCRIPT = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    import test_layer_norm as t
+    t._check_against_reference('cpu', atol=1e-5, grad_rtol=1e-4)
+    print('interpreter ok')
+''')
+
+
+@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1',
+                    reason='needs Triton (its CPU interpreter)')
+def test_kernels_in_triton_interpreter():
+    script = _INTERPRET_SCRIPT.format(root=REPO_ROOT, tests=os.path.join(REPO_ROOT, 'tests'))
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'interpreter ok' in result.stdout
