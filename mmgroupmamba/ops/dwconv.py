@@ -101,12 +101,28 @@ if triton is not None:
         tl.store(y_ptr + b * H * W * C + p[:, None] * C + c[None, :],
                  y.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
+    @triton.jit
+    def _tap_product(x_base, s_h, s_w, s_c, gp, h, w, mask_p, c, mask_c, H, W,
+                     KH: tl.constexpr, KW: tl.constexpr):
+        """gp * x[h + KH - 1, w + KW - 1] (zero outside the map): one tap's dW terms."""
+        hh = h + (KH - 1)
+        ww = w + (KW - 1)
+        m = mask_p & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        xv = tl.load(x_base + hh[:, None] * s_h + ww[:, None] * s_w + c[None, :] * s_c,
+                     mask=m[:, None] & mask_c[None, :], other=0.).to(tl.float32)
+        return gp * xv
+
     @triton.jit(do_not_specialize=['H', 'W', 'n_tiles'])
     def _dw_bwd_pre_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, g_ptr, s_gb, s_gh,
                            s_gw, s_gc, gp_ptr, part_ptr, H, W, C, n_tiles,
                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                            HAS_BIAS: tl.constexpr):
-        """gp = dL/d(pre-activation); per-program partial sums of dW (9 taps) and db."""
+        """gp = dL/d(pre-activation); per-program partial sums of dW (9 taps) and db.
+
+        The partial sums are accumulated elementwise over the program's tiles (one
+        register tile per tap) and reduced over the pixels once at the end: a reduction
+        per tile and tap would cost more than the loads.
+        """
         pid = tl.program_id(0)
         n_prog = tl.num_programs(0)
         n_pb = tl.cdiv(H * W, BLOCK_P)
@@ -114,9 +130,16 @@ if triton is not None:
         mask_c = c < C
         if HAS_BIAS:
             bias = tl.load(b_ptr + c, mask=mask_c, other=0.)
-        acc_db = tl.zeros((BLOCK_C, ), dtype=tl.float32)
-        taps = tl.arange(0, 16)
-        acc_dw = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+        acc_db = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc4 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc5 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc6 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc7 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc8 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for t in range(pid, n_tiles, n_prog):
             b = (t // n_pb).to(tl.int64)
             p = (t % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -124,8 +147,8 @@ if triton is not None:
             h = p // W
             w = p % W
             mask = mask_p[:, None] & mask_c[None, :]
-            x_base = x_ptr + b * s_xb
-            pre = _conv_tile(x_base, s_xh, s_xw, s_xc, w_ptr, h, w, mask_p, c, mask_c, H, W,
+            xb = x_ptr + b * s_xb
+            pre = _conv_tile(xb, s_xh, s_xw, s_xc, w_ptr, h, w, mask_p, c, mask_c, H, W,
                              BLOCK_P, BLOCK_C, False)
             if HAS_BIAS:
                 pre += bias[None, :]
@@ -133,21 +156,28 @@ if triton is not None:
                         + c[None, :] * s_gc, mask=mask, other=0.).to(tl.float32)
             gp = tl.where(mask, g * _act_grad(pre, ACT), 0.)
             tl.store(gp_ptr + b * H * W * C + p[:, None] * C + c[None, :], gp, mask=mask)
-            acc_db += tl.sum(gp, axis=0)
-            for kh in tl.static_range(3):
-                for kw in tl.static_range(3):
-                    hh = h + (kh - 1)
-                    ww = w + (kw - 1)
-                    m = mask_p & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                    xv = tl.load(x_base + hh[:, None] * s_xh + ww[:, None] * s_xw
-                                 + c[None, :] * s_xc, mask=m[:, None] & mask_c[None, :],
-                                 other=0.).to(tl.float32)
-                    acc_dw += tl.where(taps[:, None] == kh * 3 + kw,
-                                       tl.sum(gp * xv, axis=0)[None, :], 0.)
-        # partial sums: rows 0-8 the taps, row 9 the bias
-        acc_dw += tl.where(taps[:, None] == 9, acc_db[None, :], 0.)
-        tl.store(part_ptr + (pid * 10 + taps[:, None]) * C + c[None, :], acc_dw,
-                 mask=(taps[:, None] < 10) & mask_c[None, :])
+            acc_db += gp
+            acc0 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 0)
+            acc1 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 1)
+            acc2 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 2)
+            acc3 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 0)
+            acc4 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 1)
+            acc5 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 2)
+            acc6 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 0)
+            acc7 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 1)
+            acc8 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 2)
+        # partial sums: rows 0-8 the taps (row-major 3 x 3), row 9 the bias
+        out = part_ptr + pid * 10 * C + c
+        tl.store(out, tl.sum(acc0, axis=0), mask=mask_c)
+        tl.store(out + C, tl.sum(acc1, axis=0), mask=mask_c)
+        tl.store(out + 2 * C, tl.sum(acc2, axis=0), mask=mask_c)
+        tl.store(out + 3 * C, tl.sum(acc3, axis=0), mask=mask_c)
+        tl.store(out + 4 * C, tl.sum(acc4, axis=0), mask=mask_c)
+        tl.store(out + 5 * C, tl.sum(acc5, axis=0), mask=mask_c)
+        tl.store(out + 6 * C, tl.sum(acc6, axis=0), mask=mask_c)
+        tl.store(out + 7 * C, tl.sum(acc7, axis=0), mask=mask_c)
+        tl.store(out + 8 * C, tl.sum(acc8, axis=0), mask=mask_c)
+        tl.store(out + 9 * C, tl.sum(acc_db, axis=0), mask=mask_c)
 
     @triton.jit(do_not_specialize=['H', 'W'])
     def _dw_bwd_input_kernel(gp_ptr, w_ptr, dx_ptr, H, W, C, BLOCK_P: tl.constexpr,

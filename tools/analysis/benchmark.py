@@ -197,6 +197,8 @@ def make_step(model, mode, precision, args, device):
         def step():
             with torch.inference_mode(), _autocast(device, precision, amp_dtype):
                 model(x)
+        if args.cuda_graph and device.type == 'cuda':
+            return _graphed(step)
         return step
 
     model.train()
@@ -214,6 +216,21 @@ def make_step(model, mode, precision, args, device):
         scaler.step(opt)
         scaler.update()
     return step
+
+
+def _graphed(step):
+    """``step`` captured once as a CUDA graph; the returned step replays it (no Python
+    or launch overhead per kernel: what a deployment with CUDA graphs runs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (autotuning, caches)
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def measure(step, device, warmup, iters, batch):
@@ -452,6 +469,9 @@ def main(argv=None):
     parser.add_argument('--channels-last', action='store_true',
                         help='feed channels-last images (and timm models in channels-last)')
     parser.add_argument('--compile', action='store_true', help='torch.compile our models')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='inference rows (ours and the baselines) replay a CUDA graph '
+                        'of the forward instead of launching every kernel from Python')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
@@ -481,6 +501,7 @@ def main(argv=None):
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
           f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  '
           f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
+          f'cuda_graph {args.cuda_graph}  '
           f'linear_mode {args.linear_mode}')
     try:
         import triton
