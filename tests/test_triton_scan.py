@@ -365,7 +365,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     fp32_ptrs = {'w_ptr', 'bias_ptr', 'A_ptr', 'D_ptr', 'lnw_ptr', 'lnb_ptr', 'hs_ptr',
                  'dA_ptr', 'dD_ptr', 'dbias_ptr', 'dlnw_ptr', 'dlnb_ptr', 'dw_ptr',
                  'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr', 's_ptr',
-                 'ds_part_ptr', 'dwb_part_ptr'}
+                 'ds_part_ptr', 'dwb_part_ptr', 'gp_ptr'}
 
     def compile_kernel(fn, consts, num_warps):
         sig = {}
@@ -387,10 +387,12 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                                               SAVE_STATES=True, **flags), 4)
     compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
                                               BLOCK_D=128, **flags), 8)
-    for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True)),
-                       (dwconv._dw_bwd_pre_kernel, dict(ACT=1, HAS_BIAS=True)),
-                       (dwconv._dw_bwd_input_kernel, {})):
-        compile_kernel(fn, dict(BLOCK_P=16, BLOCK_C=64, **consts), 8)
+    for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
+                                                     BLOCK_C=32)),
+                       (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
+                                                     BLOCK_C=32)),
+                       (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16))):
+        compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
     from mmgroupmamba.ops import fused_layer_norm as ln
     for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):
         compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=True, HAS_W=True,

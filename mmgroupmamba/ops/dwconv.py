@@ -60,153 +60,169 @@ if triton is not None:
             return p * 0. + 1.
 
     @triton.jit
-    def _conv_tile(x_base, s_h, s_w, s_c, w_ptr, h, w, mask_p, c, mask_c, H, W,
-                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr):
-        """sum_taps x[h + dh, w + dw, c] * weight[c, tap] (``FLIP``: x[h - dh, w - dw])."""
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for kh in tl.static_range(3):
-            for kw in tl.static_range(3):
-                if FLIP:
-                    hh = h - (kh - 1)
-                    ww = w - (kw - 1)
-                else:
-                    hh = h + (kh - 1)
-                    ww = w + (kw - 1)
-                m = mask_p & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                xv = tl.load(x_base + hh[:, None] * s_h + ww[:, None] * s_w
-                             + c[None, :] * s_c, mask=m[:, None] & mask_c[None, :],
-                             other=0.).to(tl.float32)
-                wv = tl.load(w_ptr + c * 9 + kh * 3 + kw, mask=mask_c, other=0.)
-                acc += xv * wv[None, :]
-        return acc
+    def _load_row(x_base, s_h, s_w, s_c, ih, w, c, mask_c, H, W):
+        """Input row ``ih`` as three tiles shifted by one column: x[ih, w - 1 + k], k = 0..2
+        (zero outside the map)."""
+        inside = (ih >= 0) & (ih < H)
+        row = x_base + ih * s_h + c[None, :] * s_c
+        mc = mask_c[None, :] & inside
+        wl = w - 1
+        wr = w + 1
+        xl = tl.load(row + wl[:, None] * s_w, mask=mc & ((wl >= 0) & (wl < W))[:, None],
+                     other=0.).to(tl.float32)
+        xc = tl.load(row + w[:, None] * s_w, mask=mc & (w < W)[:, None],
+                     other=0.).to(tl.float32)
+        xr = tl.load(row + wr[:, None] * s_w, mask=mc & (wr < W)[:, None],
+                     other=0.).to(tl.float32)
+        return xl, xc, xr
+
+    @triton.jit
+    def _tap(w_ptr, c, mask_c, K: tl.constexpr, FLIP: tl.constexpr):
+        """Weight of tap K (row-major 3 x 3) for channels c; ``FLIP``: the kernel rotated
+        by 180 degrees (the transposed convolution)."""
+        if FLIP:
+            return tl.load(w_ptr + c * 9 + (8 - K), mask=mask_c, other=0.)[None, :]
+        return tl.load(w_ptr + c * 9 + K, mask=mask_c, other=0.)[None, :]
 
     @triton.jit(do_not_specialize=['H', 'W'])
     def _dw_fwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, y_ptr, H, W, C,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                       HAS_BIAS: tl.constexpr):
-        pid = tl.program_id(0)
-        n_pb = tl.cdiv(H * W, BLOCK_P)
-        b = (pid // n_pb).to(tl.int64)
-        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = p < H * W
-        h = p // W
-        w = p % W
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = c < C
-        acc = _conv_tile(x_ptr + b * s_xb, s_xh, s_xw, s_xc, w_ptr, h, w, mask_p, c, mask_c,
-                         H, W, BLOCK_P, BLOCK_C, False)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
-        y = _act_fwd(acc, ACT)
-        tl.store(y_ptr + b * H * W * C + p[:, None] * C + c[None, :],
-                 y.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+                       ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr):
+        """``act(conv + bias)`` for output rows [h0, h0 + ROWS) of one image, a block of
+        columns and a block of channels.
 
-    @triton.jit
-    def _tap_product(x_base, s_h, s_w, s_c, gp, h, w, mask_p, c, mask_c, H, W,
-                     KH: tl.constexpr, KW: tl.constexpr):
-        """gp * x[h + KH - 1, w + KW - 1] (zero outside the map): one tap's dW terms."""
-        hh = h + (KH - 1)
-        ww = w + (KW - 1)
-        m = mask_p & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        xv = tl.load(x_base + hh[:, None] * s_h + ww[:, None] * s_w + c[None, :] * s_c,
-                     mask=m[:, None] & mask_c[None, :], other=0.).to(tl.float32)
-        return gp * xv
-
-    @triton.jit(do_not_specialize=['H', 'W', 'n_tiles'])
-    def _dw_bwd_pre_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, g_ptr, s_gb, s_gh,
-                           s_gw, s_gc, gp_ptr, part_ptr, H, W, C, n_tiles,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                           HAS_BIAS: tl.constexpr):
-        """gp = dL/d(pre-activation); per-program partial sums of dW (9 taps) and db.
-
-        The partial sums are accumulated elementwise over the program's tiles (one
-        register tile per tap) and reduced over the pixels once at the end: a reduction
-        per tile and tap would cost more than the loads.
+        Rows slide through the program: every input row is loaded once (three
+        column-shifted tiles, two of them L1 hits) and added to the three output rows it
+        touches; an output row is stored as soon as its last input row is in.
         """
-        pid = tl.program_id(0)
-        n_prog = tl.num_programs(0)
-        n_pb = tl.cdiv(H * W, BLOCK_P)
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        n_hb = tl.cdiv(H, ROWS)
+        b = (tl.program_id(0) // n_hb).to(tl.int64)
+        h0 = (tl.program_id(0) % n_hb) * ROWS
+        w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = c < C
+        mask_out = (w < W)[:, None] & mask_c[None, :]
+        k0 = _tap(w_ptr, c, mask_c, 0, FLIP)
+        k1 = _tap(w_ptr, c, mask_c, 1, FLIP)
+        k2 = _tap(w_ptr, c, mask_c, 2, FLIP)
+        k3 = _tap(w_ptr, c, mask_c, 3, FLIP)
+        k4 = _tap(w_ptr, c, mask_c, 4, FLIP)
+        k5 = _tap(w_ptr, c, mask_c, 5, FLIP)
+        k6 = _tap(w_ptr, c, mask_c, 6, FLIP)
+        k7 = _tap(w_ptr, c, mask_c, 7, FLIP)
+        k8 = _tap(w_ptr, c, mask_c, 8, FLIP)
         if HAS_BIAS:
-            bias = tl.load(b_ptr + c, mask=mask_c, other=0.)
-        acc_db = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc4 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc5 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc6 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc7 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        acc8 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for t in range(pid, n_tiles, n_prog):
-            b = (t // n_pb).to(tl.int64)
-            p = (t % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
-            mask_p = p < H * W
-            h = p // W
-            w = p % W
-            mask = mask_p[:, None] & mask_c[None, :]
-            xb = x_ptr + b * s_xb
-            pre = _conv_tile(xb, s_xh, s_xw, s_xc, w_ptr, h, w, mask_p, c, mask_c, H, W,
-                             BLOCK_P, BLOCK_C, False)
-            if HAS_BIAS:
-                pre += bias[None, :]
-            g = tl.load(g_ptr + b * s_gb + h[:, None] * s_gh + w[:, None] * s_gw
-                        + c[None, :] * s_gc, mask=mask, other=0.).to(tl.float32)
-            gp = tl.where(mask, g * _act_grad(pre, ACT), 0.)
-            tl.store(gp_ptr + b * H * W * C + p[:, None] * C + c[None, :], gp, mask=mask)
-            acc_db += gp
-            acc0 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 0)
-            acc1 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 1)
-            acc2 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 0, 2)
-            acc3 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 0)
-            acc4 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 1)
-            acc5 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 1, 2)
-            acc6 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 0)
-            acc7 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 1)
-            acc8 += _tap_product(xb, s_xh, s_xw, s_xc, gp, h, w, mask_p, c, mask_c, H, W, 2, 2)
-        # partial sums: rows 0-8 the taps (row-major 3 x 3), row 9 the bias
-        out = part_ptr + pid * 10 * C + c
-        tl.store(out, tl.sum(acc0, axis=0), mask=mask_c)
-        tl.store(out + C, tl.sum(acc1, axis=0), mask=mask_c)
-        tl.store(out + 2 * C, tl.sum(acc2, axis=0), mask=mask_c)
-        tl.store(out + 3 * C, tl.sum(acc3, axis=0), mask=mask_c)
-        tl.store(out + 4 * C, tl.sum(acc4, axis=0), mask=mask_c)
-        tl.store(out + 5 * C, tl.sum(acc5, axis=0), mask=mask_c)
-        tl.store(out + 6 * C, tl.sum(acc6, axis=0), mask=mask_c)
-        tl.store(out + 7 * C, tl.sum(acc7, axis=0), mask=mask_c)
-        tl.store(out + 8 * C, tl.sum(acc8, axis=0), mask=mask_c)
-        tl.store(out + 9 * C, tl.sum(acc_db, axis=0), mask=mask_c)
+            bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
+        x_base = x_ptr + b * s_xb
+        y_base = y_ptr + b * H * W * C + w[:, None] * C + c[None, :]
+        # acc_a: output row ih - 1 (rows ih - 2, ih - 1 in); acc_b: output row ih (ih - 1 in)
+        acc_a = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        for ih in range(h0 - 1, h0 + ROWS + 1):
+            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
+            oh = ih - 1
+            if (oh >= h0) & (oh < H):
+                pre = acc_a + xl * k6 + xc * k7 + xr * k8
+                if HAS_BIAS:
+                    pre += bias
+                tl.store(y_base + oh * W * C, _act_fwd(pre, ACT).to(y_ptr.dtype.element_ty),
+                         mask=mask_out)
+            acc_a = acc_b + xl * k3 + xc * k4 + xr * k5
+            acc_b = xl * k0 + xc * k1 + xr * k2
 
     @triton.jit(do_not_specialize=['H', 'W'])
-    def _dw_bwd_input_kernel(gp_ptr, w_ptr, dx_ptr, H, W, C, BLOCK_P: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
-        """dx = the conv of gp with the flipped kernel (the conv's transpose)."""
-        pid = tl.program_id(0)
-        n_pb = tl.cdiv(H * W, BLOCK_P)
-        b = (pid // n_pb).to(tl.int64)
-        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
-        mask_p = p < H * W
-        h = p // W
-        w = p % W
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    def _dw_bwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, g_ptr, s_gb, s_gh,
+                       s_gw, s_gc, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
+                       BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
+                       HAS_BIAS: tl.constexpr):
+        """gp = dL/d(pre-activation) (the pre-activation recomputed, rows sliding as in the
+        forward), and this program's partial sums of dW (9 taps) and db.
+
+        The three input rows an output row reads stay in registers (as column-shifted
+        tiles) for the dW terms; the partial sums are accumulated elementwise and reduced
+        over the columns once at the end.
+        """
+        n_hb = tl.cdiv(H, ROWS)
+        b = (tl.program_id(0) // n_hb).to(tl.int64)
+        h0 = (tl.program_id(0) % n_hb) * ROWS
+        w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = c < C
-        acc = _conv_tile(gp_ptr + b * H * W * C, W * C, C, 1, w_ptr, h, w, mask_p, c, mask_c,
-                         H, W, BLOCK_P, BLOCK_C, True)
-        tl.store(dx_ptr + b * H * W * C + p[:, None] * C + c[None, :],
-                 acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+        mask_out = (w < W)[:, None] & mask_c[None, :]
+        k0 = _tap(w_ptr, c, mask_c, 0, False)
+        k1 = _tap(w_ptr, c, mask_c, 1, False)
+        k2 = _tap(w_ptr, c, mask_c, 2, False)
+        k3 = _tap(w_ptr, c, mask_c, 3, False)
+        k4 = _tap(w_ptr, c, mask_c, 4, False)
+        k5 = _tap(w_ptr, c, mask_c, 5, False)
+        k6 = _tap(w_ptr, c, mask_c, 6, False)
+        k7 = _tap(w_ptr, c, mask_c, 7, False)
+        k8 = _tap(w_ptr, c, mask_c, 8, False)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
+        x_base = x_ptr + b * s_xb
+        g_base = g_ptr + b * s_gb + w[:, None] * s_gw + c[None, :] * s_gc
+        gp_base = gp_ptr + b * H * W * C + w[:, None] * C + c[None, :]
+        zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc_a, acc_b = zero, zero
+        pl, pc, pr = zero, zero, zero       # input row ih - 1, column-shifted
+        ql, qc, qr = zero, zero, zero       # input row ih - 2
+        d0, d1, d2, d3, d4, d5, d6, d7, d8, db = (zero, zero, zero, zero, zero, zero, zero,
+                                                  zero, zero, zero)
+        for ih in range(h0 - 1, h0 + ROWS + 1):
+            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
+            oh = ih - 1
+            if (oh >= h0) & (oh < H):
+                pre = acc_a + xl * k6 + xc * k7 + xr * k8
+                if HAS_BIAS:
+                    pre += bias
+                g = tl.load(g_base + oh * s_gh, mask=mask_out, other=0.).to(tl.float32)
+                gp = tl.where(mask_out, g * _act_grad(pre, ACT), 0.)
+                tl.store(gp_base + oh * W * C, gp.to(gp_ptr.dtype.element_ty), mask=mask_out)
+                db += gp
+                d0 += gp * ql
+                d1 += gp * qc
+                d2 += gp * qr
+                d3 += gp * pl
+                d4 += gp * pc
+                d5 += gp * pr
+                d6 += gp * xl
+                d7 += gp * xc
+                d8 += gp * xr
+            acc_a = acc_b + xl * k3 + xc * k4 + xr * k5
+            acc_b = xl * k0 + xc * k1 + xr * k2
+            ql, qc, qr = pl, pc, pr
+            pl, pc, pr = xl, xc, xr
+        # partial sums of this program: rows 0-8 the taps (row-major 3 x 3), row 9 the bias
+        out = part_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 10 * C + c
+        tl.store(out, tl.sum(d0, axis=0), mask=mask_c)
+        tl.store(out + C, tl.sum(d1, axis=0), mask=mask_c)
+        tl.store(out + 2 * C, tl.sum(d2, axis=0), mask=mask_c)
+        tl.store(out + 3 * C, tl.sum(d3, axis=0), mask=mask_c)
+        tl.store(out + 4 * C, tl.sum(d4, axis=0), mask=mask_c)
+        tl.store(out + 5 * C, tl.sum(d5, axis=0), mask=mask_c)
+        tl.store(out + 6 * C, tl.sum(d6, axis=0), mask=mask_c)
+        tl.store(out + 7 * C, tl.sum(d7, axis=0), mask=mask_c)
+        tl.store(out + 8 * C, tl.sum(d8, axis=0), mask=mask_c)
+        tl.store(out + 9 * C, tl.sum(db, axis=0), mask=mask_c)
 
 
-def _blocks(C):
-    # 1024-element tiles, 4 elements per thread (8 warps): the nine taps' addresses and
-    # values stay in registers without spilling (checked with ptxas for sm_90).
-    block_c = min(64, max(16, triton.next_power_of_2(C)))
-    return 1024 // block_c, block_c
+def _interpreting():
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-def _warps():
-    return 1 if os.environ.get('TRITON_INTERPRET', '0') == '1' else 8
+def _launch(B, H, W, C, elements):
+    """Grid and tiles: BLOCK_W columns x BLOCK_C channels (``elements`` per tile), ROWS
+    output rows per program (fewer when the grid would be small: batch 1)."""
+    block_w = min(64, triton.next_power_of_2(W))
+    block_c = min(triton.next_power_of_2(C), max(16, elements // block_w))
+    n_wb, n_cb = triton.cdiv(W, block_w), triton.cdiv(C, block_c)
+    rows = 16
+    while rows > 2 and B * triton.cdiv(H, rows) * n_wb * n_cb < 1024:
+        rows //= 2
+    grid = (B * triton.cdiv(H, rows), n_wb, n_cb)
+    warps = 1 if _interpreting() else (8 if block_w * block_c >= 2048 else 4)
+    return grid, dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
 
 
 class _DWConvAct(torch.autograd.Function):
@@ -218,11 +234,10 @@ class _DWConvAct(torch.autograd.Function):
         w9 = weight.reshape(C, 9).float().contiguous()
         b1 = None if bias is None else bias.float().contiguous()
         y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        block_p, block_c = _blocks(C)
-        grid = (B * triton.cdiv(H * W, block_p), triton.cdiv(C, block_c))
+        grid, meta = _launch(B, H, W, C, 2048)
         _dw_fwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, y, H, W, C,
-                             BLOCK_P=block_p, BLOCK_C=block_c, ACT=ACTIVATIONS[act],
-                             HAS_BIAS=b1 is not None, num_warps=_warps())
+                             ACT=ACTIVATIONS[act], HAS_BIAS=b1 is not None, FLIP=False,
+                             **meta)
         ctx.save_for_backward(x, w9, b1)
         ctx.meta = (act, weight.shape, weight.dtype, None if bias is None else bias.dtype)
         return y
@@ -233,19 +248,17 @@ class _DWConvAct(torch.autograd.Function):
         x, w9, b1 = ctx.saved_tensors
         act, w_shape, w_dtype, b_dtype = ctx.meta
         B, H, W, C = x.shape
-        block_p, block_c = _blocks(C)
-        n_tiles = B * triton.cdiv(H * W, block_p)
-        n_cb = triton.cdiv(C, block_c)
-        n_prog = max(1, min(n_tiles, 4096 // n_cb))
         gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
-        part = torch.empty(n_prog, 10, C, device=x.device, dtype=torch.float32)
-        _dw_bwd_pre_kernel[(n_prog, n_cb)](
-            x, *x.stride(), w9, b1 if b1 is not None else w9, grad, *grad.stride(), gp, part,
-            H, W, C, n_tiles, BLOCK_P=block_p, BLOCK_C=block_c, ACT=ACTIVATIONS[act],
-            HAS_BIAS=b1 is not None, num_warps=_warps())
+        grid, meta = _launch(B, H, W, C, 1024)
+        part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
+        _dw_bwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, grad,
+                             *grad.stride(), gp, part, H, W, C, ACT=ACTIVATIONS[act],
+                             HAS_BIAS=b1 is not None, **meta)
+        # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
         dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        _dw_bwd_input_kernel[(n_tiles, n_cb)](gp, w9, dx, H, W, C, BLOCK_P=block_p,
-                                              BLOCK_C=block_c, num_warps=_warps())
+        grid, meta = _launch(B, H, W, C, 2048)
+        _dw_fwd_kernel[grid](gp, *gp.stride(), w9, w9, dx, H, W, C, ACT=0, HAS_BIAS=False,
+                             FLIP=True, **meta)
         part = part.sum(0)                                             # (10, C)
         dw = part[:9].t().reshape(w_shape).to(w_dtype)
         db = part[9].to(b_dtype) if b_dtype is not None else None

@@ -1,4 +1,5 @@
 """Stage-1 embedding of the released GroupMamba: a small conv stack, output stride 4."""
+import torch
 import torch.nn as nn
 
 from .norm import LayerNorm
@@ -31,5 +32,10 @@ class ConvStem(nn.Module):
         self.norm = LayerNorm(embed_dim, eps=1e-5)
 
     def forward(self, x):
+        if x.is_cuda:
+            # cuDNN's convolutions and BatchNorm run channels-last natively (no layout
+            # conversions around every conv), and the output needs no copy to become the
+            # channels-last map the stages take
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.proj(self.conv(x))
         return self.norm(x.permute(0, 2, 3, 1))
