@@ -388,9 +388,9 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
                                               BLOCK_D=128, **flags), 8)
     for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
-                                                     BLOCK_C=32)),
+                                                     BLOCK_C=32, PREFETCH=True)),
                        (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
-                                                     BLOCK_C=32)),
+                                                     BLOCK_C=32, PREFETCH=False)),
                        (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16))):
         compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
     from mmgroupmamba.ops import fused_layer_norm as ln

@@ -87,13 +87,16 @@ if triton is not None:
     @triton.jit(do_not_specialize=['H', 'W'])
     def _dw_fwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, y_ptr, H, W, C,
                        ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr):
+                       ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr,
+                       PREFETCH: tl.constexpr):
         """``act(conv + bias)`` for output rows [h0, h0 + ROWS) of one image, a block of
         columns and a block of channels.
 
         Rows slide through the program: every input row is loaded once (three
         column-shifted tiles, two of them L1 hits) and added to the three output rows it
         touches; an output row is stored as soon as its last input row is in.
+        ``PREFETCH``: the next row's loads are issued before this row's arithmetic (two
+        rows in flight per program).
         """
         n_hb = tl.cdiv(H, ROWS)
         b = (tl.program_id(0) // n_hb).to(tl.int64)
@@ -118,8 +121,14 @@ if triton is not None:
         # acc_a: output row ih - 1 (rows ih - 2, ih - 1 in); acc_b: output row ih (ih - 1 in)
         acc_a = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         acc_b = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        if PREFETCH:
+            nl, nc, nr = _load_row(x_base, s_xh, s_xw, s_xc, h0 - 1, w, c, mask_c, H, W)
         for ih in range(h0 - 1, h0 + ROWS + 1):
-            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
+            if PREFETCH:
+                xl, xc, xr = nl, nc, nr
+                nl, nc, nr = _load_row(x_base, s_xh, s_xw, s_xc, ih + 1, w, c, mask_c, H, W)
+            else:
+                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
             oh = ih - 1
             if (oh >= h0) & (oh < H):
                 pre = acc_a + xl * k6 + xc * k7 + xr * k8
@@ -211,18 +220,37 @@ def _interpreting():
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-def _launch(B, H, W, C, elements):
-    """Grid and tiles: BLOCK_W columns x BLOCK_C channels (``elements`` per tile), ROWS
-    output rows per program (fewer when the grid would be small: batch 1)."""
+# Launch settings (``tools/analysis/benchmark.py --dwconv-sweep`` times alternatives):
+# elements per tile (forward / backward), warps per program, output rows per program,
+# prefetching the next input row in the forward.
+TUNING = dict(fwd_elements=2048, bwd_elements=1024, fwd_warps=8, bwd_warps=8, rows=16,
+              prefetch=True)
+
+
+def set_tuning(**kwargs):
+    unknown = set(kwargs) - set(TUNING)
+    if unknown:
+        raise KeyError(f'Unknown depthwise-conv tuning keys {sorted(unknown)}; '
+                       f'expected {sorted(TUNING)}.')
+    TUNING.update(kwargs)
+
+
+def _launch(B, H, W, C, backward=False):
+    """Grid and tiles: BLOCK_W columns x BLOCK_C channels, ROWS output rows per program
+    (fewer when the grid would be small: batch 1)."""
+    elements = TUNING['bwd_elements' if backward else 'fwd_elements']
     block_w = min(64, triton.next_power_of_2(W))
     block_c = min(triton.next_power_of_2(C), max(16, elements // block_w))
     n_wb, n_cb = triton.cdiv(W, block_w), triton.cdiv(C, block_c)
-    rows = 16
+    rows = TUNING['rows']
     while rows > 2 and B * triton.cdiv(H, rows) * n_wb * n_cb < 1024:
         rows //= 2
     grid = (B * triton.cdiv(H, rows), n_wb, n_cb)
-    warps = 1 if _interpreting() else (8 if block_w * block_c >= 2048 else 4)
-    return grid, dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
+    warps = 1 if _interpreting() else TUNING['bwd_warps' if backward else 'fwd_warps']
+    meta = dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
+    if not backward:
+        meta['PREFETCH'] = TUNING['prefetch']
+    return grid, meta
 
 
 class _DWConvAct(torch.autograd.Function):
@@ -234,7 +262,7 @@ class _DWConvAct(torch.autograd.Function):
         w9 = weight.reshape(C, 9).float().contiguous()
         b1 = None if bias is None else bias.float().contiguous()
         y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        grid, meta = _launch(B, H, W, C, 2048)
+        grid, meta = _launch(B, H, W, C)
         _dw_fwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, y, H, W, C,
                              ACT=ACTIVATIONS[act], HAS_BIAS=b1 is not None, FLIP=False,
                              **meta)
@@ -249,14 +277,14 @@ class _DWConvAct(torch.autograd.Function):
         act, w_shape, w_dtype, b_dtype = ctx.meta
         B, H, W, C = x.shape
         gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
-        grid, meta = _launch(B, H, W, C, 1024)
+        grid, meta = _launch(B, H, W, C, backward=True)
         part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
         _dw_bwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, grad,
                              *grad.stride(), gp, part, H, W, C, ACT=ACTIVATIONS[act],
                              HAS_BIAS=b1 is not None, **meta)
         # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
         dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        grid, meta = _launch(B, H, W, C, 2048)
+        grid, meta = _launch(B, H, W, C)
         _dw_fwd_kernel[grid](gp, *gp.stride(), w9, w9, dx, H, W, C, ACT=0, HAS_BIAS=False,
                              FLIP=True, **meta)
         part = part.sum(0)                                             # (10, C)

@@ -361,6 +361,75 @@ def scan_sweep(args, device):
     return []
 
 
+def dwconv_sweep(args, device):
+    """Time the fused depthwise conv + activation at this arch's FFN and mixer shapes
+    for several launch settings, against cuDNN's depthwise conv + a separate activation."""
+    from mmgroupmamba.models import GroupMamba
+    from mmgroupmamba.ops import dwconv
+    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
+    settings = GroupMamba._parse_arch(GroupMamba, arch)
+    shapes = []  # (side, channels, act, count per forward)
+    for i, (dim, depth, ratio) in enumerate(zip(settings['embed_dims'], settings['depths'],
+                                                settings['mlp_ratios'])):
+        side = -(-args.img_size // 2**(i + 2))
+        shapes += [(side, int(dim * ratio), 'gelu', depth), (side, dim, 'silu', depth)]
+    dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
+    B = args.batch_size
+    print(f'depthwise conv 3x3 + act, batch {B}, {dtype}; shapes (side, C, act, count): '
+          f'{shapes}')
+
+    def timeit(fn, n=args.iters):
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t0) / n * 1e3
+
+    def run(fn, backward):
+        total = 0.
+        for side, C, act, count in shapes:
+            x = torch.randn(B, side, side, C, device=device, dtype=dtype,
+                            requires_grad=backward)
+            w = torch.randn(C, 1, 3, 3, device=device, requires_grad=backward)
+            b = torch.randn(C, device=device, requires_grad=backward)
+            if backward:
+                g = torch.randn(B, side, side, C, device=device, dtype=dtype)
+                total += count * timeit(lambda: fn(x, w, b, act).backward(g))
+            else:
+                with torch.no_grad():
+                    total += count * timeit(lambda: fn(x, w, b, act))
+        return total
+
+    def cudnn(x, w, b, act):
+        y = F.conv2d(x.permute(0, 3, 1, 2), w.to(x.dtype), b.to(x.dtype), padding=1,
+                     groups=x.shape[-1])
+        return (F.gelu if act == 'gelu' else F.silu)(y).permute(0, 2, 3, 1)
+
+    def fused(x, w, b, act):
+        return dwconv._DWConvAct.apply(x, w, b, act)
+
+    print(f'  cuDNN conv + activation: forward {run(cudnn, False):7.2f} ms, '
+          f'forward+backward {run(cudnn, True):7.2f} ms per model step')
+    saved = dict(dwconv.TUNING)
+    for elements, warps, rows, prefetch in [(2048, 8, 16, True), (2048, 8, 16, False),
+                                            (2048, 4, 16, True), (1024, 4, 16, True),
+                                            (1024, 8, 16, True), (4096, 8, 16, True),
+                                            (2048, 8, 8, True), (2048, 8, 32, True)]:
+        dwconv.set_tuning(fwd_elements=elements, fwd_warps=warps, rows=rows,
+                          prefetch=prefetch)
+        print(f'  fused fwd elements {elements:>5} warps {warps} rows {rows:>2} prefetch '
+              f'{prefetch:d}: forward {run(fused, False):7.2f} ms', flush=True)
+    dwconv.TUNING.update(saved)
+    for elements, warps in [(1024, 8), (1024, 4), (512, 4), (2048, 8)]:
+        dwconv.set_tuning(bwd_elements=elements, bwd_warps=warps)
+        print(f'  fused bwd elements {elements:>5} warps {warps}: forward+backward '
+              f'{run(fused, True):7.2f} ms', flush=True)
+    dwconv.TUNING.update(saved)
+    return []
+
+
 # ------------------------------------------------------------------------------ main
 def run_one(make_model, label, spec, mode, precision, args, device, results, prof=False):
     gc.collect()
@@ -466,6 +535,9 @@ def main(argv=None):
     parser.add_argument('--scan-sweep', action='store_true',
                         help='only time the fused Triton scan at this arch\'s stage shapes '
                         'for several launch configurations, then exit')
+    parser.add_argument('--dwconv-sweep', action='store_true',
+                        help='only time the fused depthwise conv at this arch\'s shapes '
+                        'for several launch settings (and cuDNN\'s), then exit')
     parser.add_argument('--channels-last', action='store_true',
                         help='feed channels-last images (and timm models in channels-last)')
     parser.add_argument('--compile', action='store_true', help='torch.compile our models')
@@ -533,6 +605,8 @@ def main(argv=None):
 
     if args.scan_sweep:
         return scan_sweep(args, device)
+    if args.dwconv_sweep:
+        return dwconv_sweep(args, device)
 
     backends = []
     for spec in args.backends:
