@@ -203,10 +203,13 @@ def make_step(model, mode, precision, args, device):
 
     model.train()
     target = torch.randint(0, 1000, (args.batch_size, ), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05,
-                            **({'fused': True} if device.type == 'cuda' else {}))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == 'amp'
                                   and amp_dtype == torch.float16)
+    # a whole training step as one CUDA graph (not with fp16's loss scaling, which reads
+    # the overflow flag on the host)
+    graphed = args.cuda_graph and device.type == 'cuda' and not scaler.is_enabled()
+    opt_kw = dict(fused=True, capturable=graphed) if device.type == 'cuda' else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05, **opt_kw)
 
     def step():
         with _autocast(device, precision, amp_dtype):
@@ -215,12 +218,13 @@ def make_step(model, mode, precision, args, device):
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-    return step
+    return _graphed(step) if graphed else step
 
 
 def _graphed(step):
     """``step`` captured once as a CUDA graph; the returned step replays it (no Python
-    or launch overhead per kernel: what a deployment with CUDA graphs runs)."""
+    or launch overhead per kernel: what ``torch.compile(mode='reduce-overhead')`` or a
+    hand-captured step runs)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture (autotuning, caches)
@@ -542,8 +546,9 @@ def main(argv=None):
                         help='feed channels-last images (and timm models in channels-last)')
     parser.add_argument('--compile', action='store_true', help='torch.compile our models')
     parser.add_argument('--cuda-graph', action='store_true',
-                        help='inference rows (ours and the baselines) replay a CUDA graph '
-                        'of the forward instead of launching every kernel from Python')
+                        help='every row (ours and the baselines) replays a CUDA graph of '
+                        'its step (forward; or forward, backward and AdamW step) instead '
+                        'of launching every kernel from Python')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
