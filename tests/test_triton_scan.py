@@ -342,6 +342,8 @@ _INTERPRET_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1',
                     reason='needs Triton (its CPU interpreter)')
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason='GPU machines run the compiled kernels in the GPU tests instead')
 def test_kernels_in_triton_interpreter():
     script = _INTERPRET_SCRIPT.format(root=REPO_ROOT, tests=os.path.join(REPO_ROOT, 'tests'))
     env = dict(os.environ, TRITON_INTERPRET='1')

@@ -144,12 +144,9 @@ if triton is not None:
                        s_gw, s_gc, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
                        BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                        HAS_BIAS: tl.constexpr):
-        """gp = dL/d(pre-activation) (the pre-activation recomputed, rows sliding as in the
-        forward), and this program's partial sums of dW (9 taps) and db.
-
-        The three input rows an output row reads stay in registers (as column-shifted
-        tiles) for the dW terms; the partial sums are accumulated elementwise and reduced
-        over the columns once at the end.
+        """gp = dL/d(pre-activation) (the pre-activation recomputed) for output rows
+        [h0, h0 + ROWS), and this program's partial sums of dW (9 taps) and db,
+        accumulated elementwise and reduced over the columns once at the end.
         """
         n_hb = tl.cdiv(H, ROWS)
         b = (tl.program_id(0) // n_hb).to(tl.int64)
@@ -172,36 +169,41 @@ if triton is not None:
         x_base = x_ptr + b * s_xb
         g_base = g_ptr + b * s_gb + w[:, None] * s_gw + c[None, :] * s_gc
         gp_base = gp_ptr + b * H * W * C + w[:, None] * C + c[None, :]
-        zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-        acc_a, acc_b = zero, zero
-        pl, pc, pr = zero, zero, zero       # input row ih - 1, column-shifted
-        ql, qc, qr = zero, zero, zero       # input row ih - 2
-        d0, d1, d2, d3, d4, d5, d6, d7, d8, db = (zero, zero, zero, zero, zero, zero, zero,
-                                                  zero, zero, zero)
-        for ih in range(h0 - 1, h0 + ROWS + 1):
-            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
-            oh = ih - 1
-            if (oh >= h0) & (oh < H):
-                pre = acc_a + xl * k6 + xc * k7 + xr * k8
-                if HAS_BIAS:
-                    pre += bias
-                g = tl.load(g_base + oh * s_gh, mask=mask_out, other=0.).to(tl.float32)
-                gp = tl.where(mask_out, g * _act_grad(pre, ACT), 0.)
-                tl.store(gp_base + oh * W * C, gp.to(gp_ptr.dtype.element_ty), mask=mask_out)
-                db += gp
-                d0 += gp * ql
-                d1 += gp * qc
-                d2 += gp * qr
-                d3 += gp * pl
-                d4 += gp * pc
-                d5 += gp * pr
-                d6 += gp * xl
-                d7 += gp * xc
-                d8 += gp * xr
-            acc_a = acc_b + xl * k3 + xc * k4 + xr * k5
-            acc_b = xl * k0 + xc * k1 + xr * k2
-            ql, qc, qr = pl, pc, pr
-            pl, pc, pr = xl, xc, xr
+        d0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d5 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d6 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d7 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        d8 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        db = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        # one output row per iteration; its three input rows come from L1/L2 (each was
+        # loaded by the previous iterations too), which compiles to straight-line code
+        # (no row tiles carried across iterations, no branches)
+        for oh in range(h0, h0 + ROWS):
+            ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, oh - 1, w, c, mask_c, H, W)
+            pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, oh, w, c, mask_c, H, W)
+            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
+            pre = (ql * k0 + qc * k1 + qr * k2 + pl * k3 + pc * k4 + pr * k5
+                   + xl * k6 + xc * k7 + xr * k8)
+            if HAS_BIAS:
+                pre += bias
+            mask = mask_out & (oh < H)
+            g = tl.load(g_base + oh * s_gh, mask=mask, other=0.).to(tl.float32)
+            gp = tl.where(mask, g * _act_grad(pre, ACT), 0.)
+            tl.store(gp_base + oh * W * C, gp.to(gp_ptr.dtype.element_ty), mask=mask)
+            db += gp
+            d0 += gp * ql
+            d1 += gp * qc
+            d2 += gp * qr
+            d3 += gp * pl
+            d4 += gp * pc
+            d5 += gp * pr
+            d6 += gp * xl
+            d7 += gp * xc
+            d8 += gp * xr
         # partial sums of this program: rows 0-8 the taps (row-major 3 x 3), row 9 the bias
         out = part_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 10 * C + c
         tl.store(out, tl.sum(d0, axis=0), mask=mask_c)
