@@ -44,11 +44,13 @@ TIMM_BASELINES = {'ConvNeXt-T': 'convnext_tiny', 'Swin-T': 'swin_tiny_patch4_win
 class Classifier(nn.Module):
     """Backbone + class-token head, as the released classifiers."""
 
-    def __init__(self, arch, num_classes=1000, drop_path_rate=0.05, with_cp=False):
+    def __init__(self, arch, num_classes=1000, drop_path_rate=0.05, with_cp=False,
+                 ffn_cp=False):
         super().__init__()
         from mmgroupmamba.models import GroupMamba
         self.backbone = GroupMamba(arch, out_indices=(3, ), final_norm=False,
-                                   drop_path_rate=drop_path_rate, with_cp=with_cp)
+                                   drop_path_rate=drop_path_rate, with_cp=with_cp,
+                                   ffn_cp=ffn_cp)
         dim = self.backbone.embed_dims[-1]
         ratio = self.backbone.arch_settings['mlp_ratios'][-1]
         try:
@@ -123,7 +125,7 @@ def build_ours(args):
     if args.config:
         return _ConfigModel(args.config)
     arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
-    return Classifier(arch, with_cp=args.with_cp)
+    return Classifier(arch, with_cp=args.with_cp, ffn_cp=args.ffn_cp)
 
 
 def parse_backend(spec: str):
@@ -237,11 +239,11 @@ def _graphed(step):
     return graph.replay
 
 
-def measure(step, device, warmup, iters, batch):
+def measure(step, device, warmup, iters, batch, reset_peak=True):
     for _ in range(warmup):
         step()
     _sync(device)
-    if device.type == 'cuda':
+    if device.type == 'cuda' and reset_peak:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -442,6 +444,10 @@ def run_one(make_model, label, spec, mode, precision, args, device, results, pro
     row = dict(model=label, backend=spec, mode=mode, precision=precision)
     try:
         model = make_model()
+        if device.type == 'cuda':
+            # graphed rows: the peak must include the eager warm-up and the capture (the
+            # graph's memory pool is allocated then, not during the replays)
+            torch.cuda.reset_peak_memory_stats(device)
         step = make_step(model, mode, precision, args, device)
         warmup = args.warmup if mode == 'infer' else max(2, args.warmup // 2)
         iters = args.iters if mode == 'infer' else max(3, args.iters // 2)
@@ -449,7 +455,8 @@ def run_one(make_model, label, spec, mode, precision, args, device, results, pro
         step()  # first call: Triton compilation, cuDNN autotuning
         _sync(device)
         row['first_call_s'] = time.perf_counter() - t0
-        row['img_s'], row['peak_gib'] = measure(step, device, warmup, iters, args.batch_size)
+        row['img_s'], row['peak_gib'] = measure(step, device, warmup, iters, args.batch_size,
+                                                reset_peak=not args.cuda_graph)
         if prof:
             profile(step, device, args.profile_rows, f'{label} {spec} {mode} {precision}')
     except torch.cuda.OutOfMemoryError:
@@ -528,6 +535,8 @@ def main(argv=None):
                         help='timm baselines to run (needs timm); none: --baselines')
     parser.add_argument('--with-cp', action='store_true',
                         help='activation checkpointing of every block')
+    parser.add_argument('--ffn-cp', action='store_true',
+                        help='recompute the FFNs\' depthwise conv + GELU in the backward')
     parser.add_argument('--mixer-cp', action='store_true',
                         help='activation checkpointing of the GroupMamba layers only')
     parser.add_argument('--no-fused-conv', action='store_true',
@@ -576,7 +585,7 @@ def main(argv=None):
           f'  torch {torch.__version__}  batch {args.batch_size}  '
           f'{args.img_size}x{args.img_size}  amp dtype {args.amp_dtype}  '
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
-          f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  '
+          f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  ffn_cp {args.ffn_cp}  '
           f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
           f'cuda_graph {args.cuda_graph}  '
           f'linear_mode {args.linear_mode}')
@@ -598,7 +607,7 @@ def main(argv=None):
             reference = parse_backend(spec)[0] == 'reference'
             run_args = argparse.Namespace(**vars(args))
             if reference:
-                run_args.with_cp = run_args.mixer_cp = False
+                run_args.with_cp = run_args.mixer_cp = run_args.ffn_cp = False
             model = build_ours(run_args).to(device)
             configure(model, spec, run_args)
             if args.channels_last:

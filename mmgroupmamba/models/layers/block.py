@@ -16,11 +16,12 @@ class GroupMambaBlock(nn.Module):
     """
 
     def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.,
-                 d_state: int = 1, scan_backend: str = 'auto', with_cp: bool = False):
+                 d_state: int = 1, scan_backend: str = 'auto', with_cp: bool = False,
+                 ffn_cp: bool = False):
         super().__init__()
         self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
         self.norm = LayerNorm(dim, eps=1e-6, amp_output=True)  # feeds the FFN's fc1
-        self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
+        self.ffn = ConvFFN(dim, int(dim * mlp_ratio), recompute_hidden=ffn_cp)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.with_cp = with_cp
 

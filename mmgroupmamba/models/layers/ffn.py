@@ -1,5 +1,7 @@
 """Feed-forward networks of the GroupMamba blocks."""
+import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
 
 from mmgroupmamba.ops import depthwise_conv3x3_act
 
@@ -12,17 +14,28 @@ class ConvFFN(nn.Module):
     :func:`mmgroupmamba.ops.depthwise_conv3x3_act` (one kernel on CUDA that reads the
     channels-last map as it is and keeps only its input for the backward; the PyTorch
     composition elsewhere).
+
+    Args:
+        recompute_hidden: while training, keep only the conv's input and recompute its
+            output (fc2's input) in the backward: the block's widest activation is then
+            held once instead of twice.
     """
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, recompute_hidden: bool = False):
         super().__init__()
+        self.recompute_hidden = recompute_hidden
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
+    def _conv_fc2(self, h):
+        return self.fc2(depthwise_conv3x3_act(h, self.dwconv.weight, self.dwconv.bias, 'gelu'))
+
     def forward(self, x):
-        x = depthwise_conv3x3_act(self.fc1(x), self.dwconv.weight, self.dwconv.bias, 'gelu')
-        return self.fc2(x)
+        h = self.fc1(x)
+        if self.recompute_hidden and torch.is_grad_enabled() and h.requires_grad:
+            return cp.checkpoint(self._conv_fc2, h, use_reentrant=False)
+        return self._conv_fc2(h)
 
 
 class Mlp(nn.Module):

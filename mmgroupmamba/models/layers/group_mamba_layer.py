@@ -90,6 +90,19 @@ class _BatchedGroupLinear(torch.autograd.Function):
         return dx, dw
 
 
+def resolve_linear_mode(mode: str, x: torch.Tensor, width: int, dout: int) -> str:
+    """``auto`` -> ``blockdiag`` under autocast / in half precision, for narrow layers
+    (``width`` = G * din < 256 or ``dout`` < 8) and under ``torch.compile``; else ``bmm``."""
+    if mode not in LINEAR_MODES:
+        raise ValueError(f'Unknown grouped linear mode {mode!r}; choose from {LINEAR_MODES}.')
+    if mode != 'auto':
+        return mode
+    low = (_autocast_dtype(x.device.type) is not None
+           or x.dtype in (torch.float16, torch.bfloat16))
+    return 'blockdiag' if (low or width < 256 or dout < 8
+                           or torch.compiler.is_compiling()) else 'bmm'
+
+
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = 'auto'):
     """Each channel group's own bias-free linear: (..., G*din) -> (..., G*dout).
 
@@ -101,15 +114,9 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = 'auto'):
             FLOPs; ``auto`` picks by precision and width.
     """
     G, dout, din = weight.shape
-    if mode == 'auto':
-        low = (_autocast_dtype(x.device.type) is not None
-               or x.dtype in (torch.float16, torch.bfloat16))
-        mode = 'blockdiag' if (low or G * din < 256 or dout < 8
-                               or torch.compiler.is_compiling()) else 'bmm'
+    mode = resolve_linear_mode(mode, x, G * din, dout)
     if mode == 'blockdiag':
         return F.linear(x, torch.block_diag(*weight.unbind(0)))
-    if mode != 'bmm':
-        raise ValueError(f'Unknown grouped linear mode {mode!r}; choose from {LINEAR_MODES}.')
     lead = x.shape[:-1]
     x2 = x.reshape(-1, G * din)
     if x2.stride(-1) != 1:
@@ -215,19 +222,23 @@ class ModulatedGroupMamba(nn.Module):
         y = torch.cat([op(part) for op, part in zip(self.groups, parts)], dim=-1)
         return self._modulate(y, x, affinity)
 
-    def _grouped_params(self):
+    def _grouped_params(self, linear_mode: str):
         """The four groups' parameters stacked for the grouped path.
 
-        Rebuilt on every call while autograd records (the stacks are differentiable views
-        of the per-group parameters); without grad they are cached until a parameter
-        changes (``_version``) or the device / autocast dtype does.
+        ``linear_mode`` (resolved): for ``blockdiag`` also the block-diagonal weights of
+        the projections, in_proj as one (2Gd, Gd) matrix whose outputs are
+        ``[x of every group | z of every group]``. Rebuilt on every call while autograd
+        records (the stacks are differentiable views of the per-group parameters);
+        without grad they are cached -- the block-diagonal ones already in the autocast
+        dtype -- until a parameter changes (``_version``) or the device / autocast dtype
+        does.
         """
         params = list(self.groups.parameters())
         key = None
+        amp_dtype = _autocast_dtype(params[0].device.type)
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            dev = params[0].device
             key = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params),
-                   _autocast_dtype(dev.type), self.linear_mode)
+                   amp_dtype, linear_mode)
             cached = getattr(self, '_param_cache', None)
             if cached is not None and cached[0] == key:
                 return cached[1]
@@ -249,6 +260,13 @@ class ModulatedGroupMamba(nn.Module):
             ln_weight=torch.cat([op.out_norm.weight for op in ops]),
             ln_bias=torch.cat([op.out_norm.bias for op in ops]),
             w_out=torch.stack([op.out_proj.weight for op in ops]))
+        if linear_mode == 'blockdiag':
+            out['w_in_blockdiag'] = torch.cat([torch.block_diag(*out['w_x'].unbind(0)),
+                                               torch.block_diag(*out['w_z'].unbind(0))])
+            out['w_out_blockdiag'] = torch.block_diag(*out['w_out'].unbind(0))
+            if key is not None and amp_dtype is not None:
+                for name in ('w_in_blockdiag', 'w_out_blockdiag'):
+                    out[name] = out[name].to(amp_dtype)
         if key is not None:
             self._param_cache = (key, out)
         return out
@@ -257,13 +275,19 @@ class ModulatedGroupMamba(nn.Module):
         """All four groups at once, with the per-group modules' parameters."""
         ops = self.groups
         G = self.num_groups
-        prm = self._grouped_params()
+        width = self.dim
+        mode = resolve_linear_mode(self.linear_mode, x, width, ops[0].dim)
+        prm = self._grouped_params(mode)
         x = self.norm(x)
         affinity = self.affinity(x)
 
-        # in_proj of every group: the x halves and the z halves as two grouped linears
-        xs = grouped_linear(x, prm['w_x'], self.linear_mode)
-        z = grouped_linear(x, prm['w_z'], self.linear_mode)
+        # in_proj of every group: one GEMM (x and z halves as views of its output), or
+        # the x halves and the z halves as two batched matmuls
+        if mode == 'blockdiag':
+            xs, z = F.linear(x, prm['w_in_blockdiag']).split(width, dim=-1)
+        else:
+            xs = grouped_linear(x, prm['w_x'], mode)
+            z = grouped_linear(x, prm['w_z'], mode)
 
         # the four depthwise convs are one depthwise conv over all G*d channels
         if self.fused_conv:  # one Triton kernel on CUDA, PyTorch elsewhere
@@ -279,7 +303,10 @@ class ModulatedGroupMamba(nn.Module):
             D=prm['D'], ln_weight=prm['ln_weight'], ln_bias=prm['ln_bias'],
             eps=ops[0].out_norm.eps, directions=tuple(op.direction for op in ops[:G]),
             backend=self.scan_backend)
-        y = grouped_linear(y, prm['w_out'], self.linear_mode)
+        if mode == 'blockdiag':
+            y = F.linear(y, prm['w_out_blockdiag'])
+        else:
+            y = grouped_linear(y, prm['w_out'], mode)
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
         # merged first, in one pass (one kernel on CUDA)
         return self.proj(self.norm.modulated(y, x, self.skip_scale * affinity))
