@@ -36,6 +36,34 @@ def _seed():
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+# Triton kernels on CPU through Triton's interpreter, in a subprocess (the interpreter is
+# switched on by an environment variable read at import). GPU machines run the compiled
+# kernels in the GPU tests instead.
+requires_triton_interpreter = pytest.mark.skipif(
+    not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1'
+    or torch.cuda.is_available(),
+    reason='needs Triton (its CPU interpreter) on a machine without CUDA')
+
+
+def run_in_triton_interpreter(body: str):
+    """Run ``body`` (Python, with ``tests/`` and the repository importable) under
+    ``TRITON_INTERPRET=1``; it must print ``interpreter ok`` at the end."""
+    import subprocess
+    import sys
+    import textwrap
+    script = (f'import sys; sys.path[:0] = [{REPO_ROOT!r}, {osp.join(REPO_ROOT, "tests")!r}]\n'
+              + textwrap.dedent(body))
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            env=dict(os.environ, TRITON_INTERPRET='1'), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert 'interpreter ok' in result.stdout
+
 
 @pytest.fixture(autouse=True)
 def _restore_default_scope():

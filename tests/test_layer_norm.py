@@ -5,25 +5,14 @@ interpreter in a subprocess (skips without Triton), and on the GPU in the
 ``requires_triton_gpu`` tests (fp32 against the PyTorch composition, forward and
 backward; low-precision outputs).
 """
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO_ROOT
+from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
 from mmgroupmamba.models.layers import LayerNorm
 from mmgroupmamba.ops import fused_kernels, layer_norm, modulated_layer_norm
-
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
 
 requires_triton_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
@@ -166,23 +155,13 @@ def test_switch_turns_the_kernels_off():
 
 
 # ------------------------------------------------------------------ interpreter
-_INTERPRET_SCRIPT = textwrap.dedent('''
-    import sys
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+_INTERPRET_SCRIPT = '''
     import test_layer_norm as t
     t._check_against_reference('cpu', atol=1e-5, grad_rtol=1e-4)
     print('interpreter ok')
-''')
+'''
 
 
-@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1',
-                    reason='needs Triton (its CPU interpreter)')
-@pytest.mark.skipif(torch.cuda.is_available(),
-                    reason='GPU machines run the compiled kernels in the GPU tests instead')
+@requires_triton_interpreter
 def test_kernels_in_triton_interpreter():
-    script = _INTERPRET_SCRIPT.format(root=REPO_ROOT, tests=os.path.join(REPO_ROOT, 'tests'))
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'interpreter ok' in result.stdout
+    run_in_triton_interpreter(_INTERPRET_SCRIPT)

@@ -8,21 +8,13 @@ On a GPU machine:
     python -m pytest tests/test_triton_scan.py tests/test_grouped_layer.py -q
 """
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, requires_cuda
+from conftest import (HAS_TRITON, requires_cuda, requires_triton_interpreter,
+                      run_in_triton_interpreter)
 from mmgroupmamba.ops import grouped_selective_scan_torch, selective_scan_ref
-
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
 
 requires_triton_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
@@ -305,9 +297,8 @@ def test_fused_dwconv_matches_pytorch(shape, act):
 
 
 # ------------------------------------------------------------------ Triton interpreter
-_INTERPRET_SCRIPT = textwrap.dedent('''
-    import sys, torch
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+_INTERPRET_SCRIPT = '''
+    import torch
     from test_triton_scan import _scan_inputs, _grouped_inputs, _grads, _assert_grads_close
     from mmgroupmamba.ops import selective_scan_ref, grouped_selective_scan_torch
     from mmgroupmamba.ops import grouped_selective_scan
@@ -337,20 +328,12 @@ _INTERPRET_SCRIPT = textwrap.dedent('''
                         torch.autograd.grad(y_ref, (x, w, b), g)):
             torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
     print('interpreter ok')
-''')
+'''
 
 
-@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_SKIP_TRITON_INTERPRET') == '1',
-                    reason='needs Triton (its CPU interpreter)')
-@pytest.mark.skipif(torch.cuda.is_available(),
-                    reason='GPU machines run the compiled kernels in the GPU tests instead')
+@requires_triton_interpreter
 def test_kernels_in_triton_interpreter():
-    script = _INTERPRET_SCRIPT.format(root=REPO_ROOT, tests=os.path.join(REPO_ROOT, 'tests'))
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'interpreter ok' in result.stdout
+    run_in_triton_interpreter(_INTERPRET_SCRIPT)
 
 
 # ------------------------------------------------------------- offline sm_90 compile
@@ -359,6 +342,7 @@ def test_kernels_in_triton_interpreter():
 def test_kernels_compile_for_hopper_without_a_gpu():
     """Triton compiles to PTX and runs its bundled ptxas without a GPU: catches kernels
     that the interpreter accepts but the compiler rejects, and reports register spills."""
+    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

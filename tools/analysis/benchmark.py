@@ -297,6 +297,17 @@ def check_against_reference(model, backends, args, device, n=8):
 
 
 # ---------------------------------------------------------------------- scan tuning
+def _time_ms(fn, device, n):
+    """Milliseconds per call of ``fn`` (one untimed call first, synchronised)."""
+    fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / n * 1e3
+
+
 def scan_sweep(args, device):
     """Time the fused grouped scan per stage for several tile / warp settings."""
     from mmgroupmamba.models import GroupMamba
@@ -326,14 +337,8 @@ def scan_sweep(args, device):
                 v.requires_grad_()
         return t
 
-    def timeit(fn, n=args.iters):
-        fn()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        _sync(device)
-        return (time.perf_counter() - t0) / n * 1e3
+    def timeit(fn):
+        return _time_ms(fn, device, args.iters)
 
     fwd_grid = [(2048, 16), (4096, 16), (1024, 8), (2048, 8), (4096, 32)]
     bwd_grid = [(1024, 8), (512, 4), (2048, 8), (1024, 4), (512, 8)]
@@ -384,14 +389,8 @@ def dwconv_sweep(args, device):
     print(f'depthwise conv 3x3 + act, batch {B}, {dtype}; shapes (side, C, act, count): '
           f'{shapes}')
 
-    def timeit(fn, n=args.iters):
-        fn()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        _sync(device)
-        return (time.perf_counter() - t0) / n * 1e3
+    def timeit(fn):
+        return _time_ms(fn, device, args.iters)
 
     def run(fn, backward):
         total = 0.
