@@ -36,7 +36,7 @@ class GroupMamba(BaseModule):
         with_cp (bool): activation checkpointing in every block.
         ffn_cp (bool): recompute only each FFN's depthwise conv + GELU in the backward
             instead of keeping its output, the widest activation of a block (r x C
-            channels): about 2.7 GB less at batch 128 for GroupMamba-T, for one more
+            channels): 2.6 GiB less for GroupMamba-T at batch 128 (AMP), for one more
             fused conv kernel per FFN.
         d_state (int): SSM state size (1 in the released models).
         scan_backend (str): selective-scan backend, see
