@@ -20,6 +20,9 @@ in ``torch.inference_mode``; a training step is forward, loss (cross entropy on 
 heads), backward and an AdamW step. Timing: warm-up iterations, then CUDA-synchronised
 wall-clock over ``--iters`` iterations; peak memory is ``torch.cuda.max_memory_allocated``
 over the timed iterations. ``--profile`` prints the top CUDA kernels of each of our rows.
+``--cuda-graph`` times every row (baselines too) as the replay of a CUDA graph of its
+step: eager steps at these sizes are bound by Python and kernel-launch overhead, which
+moves with the host CPU; the graph measures what the GPU work costs.
 """
 import argparse
 import contextlib
