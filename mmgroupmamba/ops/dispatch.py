@@ -1,14 +1,31 @@
-"""One switch for the fused CUDA kernels of the layers (LayerNorm, depthwise conv + act).
+"""Where the Triton kernels run, and one switch for the layers' fused kernels.
 
-On by default. Off, :func:`~mmgroupmamba.ops.layer_norm`,
+The switch (on by default): off, :func:`~mmgroupmamba.ops.layer_norm`,
 :func:`~mmgroupmamba.ops.modulated_layer_norm` and
 :func:`~mmgroupmamba.ops.depthwise_conv3x3_act` run their PyTorch compositions
 everywhere: to measure what the kernels buy, or to time the released execution. (The
 selective scan has its own choice of backend.)
 """
 import contextlib
+import os
+
+import torch
 
 _state = {'enabled': True}
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def fused_kernel_applies(x: torch.Tensor) -> bool:
+    """Whether a layer's fused kernel may take ``x``: the switch is on, ``x`` is on CUDA
+    (or the interpreter runs kernels on CPU), and ``torch.jit`` is not tracing (FLOP
+    counting wants the PyTorch operators). Each op adds its own conditions (Triton
+    importable, supported shapes)."""
+    return (fused_kernels_enabled() and (x.is_cuda or triton_interpreting())
+            and not torch.jit.is_tracing())
 
 
 def fused_kernels_enabled() -> bool:

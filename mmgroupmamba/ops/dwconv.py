@@ -11,12 +11,10 @@ instead of keeping it, so the op holds only its input for the backward (the unfu
 sequence holds the conv input *and* the activation input). Elsewhere (and for
 ``TRITON_INTERPRET=1`` tests) it is the PyTorch composition.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
-from .dispatch import fused_kernels_enabled
+from .dispatch import fused_kernel_applies, triton_interpreting
 
 ACTIVATIONS = {'none': 0, 'silu': 1, 'gelu': 2}
 
@@ -218,10 +216,6 @@ if triton is not None:
         tl.store(out + 9 * C, tl.sum(db, axis=0), mask=mask_c)
 
 
-def _interpreting():
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 # Launch settings (``tools/analysis/benchmark.py --dwconv-sweep`` times alternatives):
 # elements per tile (forward / backward), warps per program, output rows per program,
 # prefetching the next input row in the forward. Chosen on an H200 at GroupMamba-T's
@@ -250,7 +244,7 @@ def _launch(B, H, W, C, backward=False):
     while rows > 2 and B * triton.cdiv(H, rows) * n_wb * n_cb < 1024:
         rows //= 2
     grid = (B * triton.cdiv(H, rows), n_wb, n_cb)
-    warps = 1 if _interpreting() else TUNING['bwd_warps' if backward else 'fwd_warps']
+    warps = 1 if triton_interpreting() else TUNING['bwd_warps' if backward else 'fwd_warps']
     meta = dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
     if not backward:
         meta['PREFETCH'] = TUNING['prefetch']
@@ -315,9 +309,7 @@ def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
     if x.dim() != 4 or tuple(weight.shape) != (C, 1, 3, 3):
         raise ValueError(f'Expected x (B, H, W, C) and weight (C, 1, 3, 3), got '
                          f'{tuple(x.shape)} and {tuple(weight.shape)}.')
-    interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
-    if (triton is None or not fused_kernels_enabled() or not (x.is_cuda or interpret)
-            or torch.jit.is_tracing()):
+    if triton is None or not fused_kernel_applies(x):
         return _torch_impl(x, weight, bias, act)
     if x.is_cuda and torch.is_autocast_enabled('cuda') and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype('cuda'))  # what F.conv2d would do

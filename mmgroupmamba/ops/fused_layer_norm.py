@@ -18,12 +18,10 @@ Elsewhere -- CPU, ``torch.jit`` tracing (FLOP counting), ``torch.compile`` (Indu
 fuses the PyTorch composition itself) and with :func:`fused_kernels` off -- it is the
 PyTorch composition.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 
-from .dispatch import fused_kernels_enabled
+from .dispatch import fused_kernel_applies, triton_interpreting
 
 try:
     import triton
@@ -139,17 +137,13 @@ if triton is not None:
         tl.store(dwb_part_ptr + pid * 2 * C + C + cols, acc_db, mask=mask_c)
 
 
-def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 def _tiles(C, elements):
     block_c = triton.next_power_of_2(C)
     return max(1, elements // block_c), block_c
 
 
 def _warps(elements):
-    if _interpreting():
+    if triton_interpreting():
         return 1
     return 8 if elements >= 4096 else 4
 
@@ -186,7 +180,7 @@ class _LayerNormFn(torch.autograd.Function):
         block_m, block_c = _tiles(C, 2048)
         tiles_per_batch = triton.cdiv(rows_per_batch, block_m)
         n_tiles = n_batch * tiles_per_batch
-        n_prog = max(1, min(n_tiles, 1024 if not _interpreting() else 4))
+        n_prog = max(1, min(n_tiles, 1024 if not triton_interpreting() else 4))
         mod = y is not None
         dx = torch.empty_like(x)
         dy = torch.empty_like(y) if mod else dx
@@ -207,9 +201,9 @@ class _LayerNormFn(torch.autograd.Function):
 
 
 def _use_kernel(x: torch.Tensor) -> bool:
-    return (triton is not None and fused_kernels_enabled() and (x.is_cuda or _interpreting())
+    return (triton is not None and fused_kernel_applies(x)
             and x.shape[-1] <= MAX_FUSED_CHANNELS and x.numel() > 0
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling())
 
 
 def layer_norm(x: torch.Tensor, weight=None, bias=None, eps: float = 1e-5,

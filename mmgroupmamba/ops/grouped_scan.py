@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .selective_scan import (_mamba_ssm_fn, _triton_grouped_fn, resolve_backend,
-                             triton_interpreting)
+from .dispatch import triton_interpreting
+from .selective_scan import _mamba_ssm_fn, _triton_grouped_fn, resolve_backend
 from .selective_scan_chunked import chunked_linear_recurrence
 
 DEFAULT_DIRECTIONS = ('row', 'col', 'row_rev', 'col_rev')

@@ -51,12 +51,6 @@ def _triton_grouped_fn():
     return grouped_selective_scan_triton
 
 
-def triton_interpreting() -> bool:
-    """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    import os
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
-
-
 def _mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     fn = _mamba_ssm_fn()
     # mamba-ssm's kernel reads B and C as (batch, groups, N, L) and wants contiguous fp32

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .dispatch import triton_interpreting
+
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
 
 # Scan directions as the kernel knows them (see ``_token_index``).
@@ -62,10 +64,6 @@ def set_tuning(**kwargs):
 
 # Largest channel block of one program; a fused LayerNorm needs a whole group in one.
 MAX_BLOCK_D = 512
-
-
-def _interpreting() -> bool:
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -420,7 +418,7 @@ def _tokens(t: torch.Tensor):
 
 def _check_device(*tensors):
     for t in tensors:
-        if t is not None and not t.is_cuda and not _interpreting():
+        if t is not None and not t.is_cuda and not triton_interpreting():
             raise RuntimeError('The Triton selective scan needs CUDA tensors '
                                '(or TRITON_INTERPRET=1 for the CPU interpreter).')
 
@@ -458,7 +456,7 @@ def _forward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, l
 
 
 def _warps(block_l, block_d, per_thread):
-    if _interpreting():
+    if triton_interpreting():
         return 1
     return max(1, min(16, block_l * block_d // (32 * per_thread)))
 
