@@ -165,14 +165,13 @@ class _LayerNormFn(torch.autograd.Function):
             MOD=y is not None, HAS_W=weight is not None, HAS_B=bias is not None,
             num_warps=_warps(block_m * block_c))
         ctx.save_for_backward(x, y, scale, weight)
-        ctx.meta = (eps, rows_per_batch, bias is not None,
-                    None if bias is None else bias.dtype)
+        ctx.meta = (eps, rows_per_batch, None if bias is None else bias.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, y, scale, weight = ctx.saved_tensors
-        eps, rows_per_batch, has_bias, bias_dtype = ctx.meta
+        eps, rows_per_batch, bias_dtype = ctx.meta
         grad = grad.contiguous()
         C = x.shape[-1]
         M = x.numel() // C
@@ -194,7 +193,7 @@ class _LayerNormFn(torch.autograd.Function):
             num_warps=_warps(block_m * block_c))
         dwb = dwb_part.sum(0)
         dw = dwb[0].to(weight.dtype) if weight is not None else None
-        db = dwb[1].to(bias_dtype) if has_bias else None
+        db = dwb[1].to(bias_dtype) if bias_dtype is not None else None
         ds = (ds_part.view(n_batch, tiles_per_batch, C).sum(1).to(scale.dtype) if mod
               else None)
         return dx, (dy if mod else None), ds, dw, db, None, None, None
