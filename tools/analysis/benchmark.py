@@ -124,11 +124,15 @@ class _ConfigModel(nn.Module):
         return self.model(x, mode='tensor')
 
 
+def _arch(args):
+    """``--arch``: a preset name, or an arch dict given as JSON."""
+    return json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
+
+
 def build_ours(args):
     if args.config:
         return _ConfigModel(args.config)
-    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
-    return Classifier(arch, with_cp=args.with_cp, ffn_cp=args.ffn_cp)
+    return Classifier(_arch(args), with_cp=args.with_cp, ffn_cp=args.ffn_cp)
 
 
 def parse_backend(spec: str):
@@ -300,6 +304,16 @@ def check_against_reference(model, backends, args, device, n=8):
 
 
 # ---------------------------------------------------------------------- scan tuning
+def _stages(args):
+    """(feature-map side, width, depth, FFN ratio) of each stage at ``--img-size``."""
+    from mmgroupmamba.models import GroupMamba
+    settings = GroupMamba._parse_arch(GroupMamba, _arch(args))
+    return [(-(-args.img_size // 2**(i + 2)), dim, depth, ratio)
+            for i, (dim, depth, ratio) in enumerate(zip(settings['embed_dims'],
+                                                        settings['depths'],
+                                                        settings['mlp_ratios']))]
+
+
 def _time_ms(fn, device, n):
     """Milliseconds per call of ``fn`` (one untimed call first, synchronised)."""
     fn()
@@ -313,16 +327,9 @@ def _time_ms(fn, device, n):
 
 def scan_sweep(args, device):
     """Time the fused grouped scan per stage for several tile / warp settings."""
-    from mmgroupmamba.models import GroupMamba
     from mmgroupmamba.ops import selective_scan_triton as sst
-    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
-    settings = GroupMamba._parse_arch(GroupMamba, arch)
-    dims, depths = settings['embed_dims'], settings['depths']
-    shapes = []
-    for i, (dim, depth) in enumerate(zip(dims, depths)):
-        side = -(-args.img_size // 2**(i + 2))
-        d = dim // 4
-        shapes.append((side, d, -(-d // 16), depth))
+    shapes = [(side, dim // 4, -(-(dim // 4) // 16), depth)  # (side, d, R = ceil(d / 16))
+              for side, dim, depth, _ in _stages(args)]
     dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
     print(f'fused scan, batch {args.batch_size}, {dtype}, stages (side, d, R, depth): '
           f'{shapes}')
@@ -340,9 +347,6 @@ def scan_sweep(args, device):
                 v.requires_grad_()
         return t
 
-    def timeit(fn):
-        return _time_ms(fn, device, args.iters)
-
     fwd_grid = [(2048, 16), (4096, 16), (1024, 8), (2048, 8), (4096, 32)]
     bwd_grid = [(1024, 8), (512, 4), (2048, 8), (1024, 4), (512, 8)]
     print('\ninference forward (ms per layer | whole model):')
@@ -352,7 +356,8 @@ def scan_sweep(args, device):
         for side, d, R, depth in shapes:
             t = inputs(side, d, R, False)
             with torch.no_grad():
-                times.append(timeit(lambda: sst.grouped_selective_scan_triton(**t)))
+                times.append(_time_ms(lambda: sst.grouped_selective_scan_triton(**t), device,
+                                      args.iters))
         total = sum(tm * s[3] for tm, s in zip(times, shapes))
         print(f'  fwd_tile {tile:>5} per_thread {per_thread:>2}: '
               + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
@@ -366,7 +371,7 @@ def scan_sweep(args, device):
 
             def step():
                 sst.grouped_selective_scan_triton(**t).backward(g)
-            times.append(timeit(step))
+            times.append(_time_ms(step, device, args.iters))
         total = sum(tm * s[3] for tm, s in zip(times, shapes))
         print(f'  bwd_tile {tile:>5} per_thread {per_thread:>2}: '
               + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
@@ -378,22 +383,14 @@ def scan_sweep(args, device):
 def dwconv_sweep(args, device):
     """Time the fused depthwise conv + activation at this arch's FFN and mixer shapes
     for several launch settings, against cuDNN's depthwise conv + a separate activation."""
-    from mmgroupmamba.models import GroupMamba
     from mmgroupmamba.ops import dwconv
-    arch = json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
-    settings = GroupMamba._parse_arch(GroupMamba, arch)
-    shapes = []  # (side, channels, act, count per forward)
-    for i, (dim, depth, ratio) in enumerate(zip(settings['embed_dims'], settings['depths'],
-                                                settings['mlp_ratios'])):
-        side = -(-args.img_size // 2**(i + 2))
+    shapes = []  # (side, channels, act, count per forward): FFN conv, then mixer conv
+    for side, dim, depth, ratio in _stages(args):
         shapes += [(side, int(dim * ratio), 'gelu', depth), (side, dim, 'silu', depth)]
     dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
     B = args.batch_size
     print(f'depthwise conv 3x3 + act, batch {B}, {dtype}; shapes (side, C, act, count): '
           f'{shapes}')
-
-    def timeit(fn):
-        return _time_ms(fn, device, args.iters)
 
     def run(fn, backward):
         total = 0.
@@ -404,16 +401,15 @@ def dwconv_sweep(args, device):
             b = torch.randn(C, device=device, requires_grad=backward)
             if backward:
                 g = torch.randn(B, side, side, C, device=device, dtype=dtype)
-                total += count * timeit(lambda: fn(x, w, b, act).backward(g))
+                total += count * _time_ms(lambda: fn(x, w, b, act).backward(g), device,
+                                          args.iters)
             else:
                 with torch.no_grad():
-                    total += count * timeit(lambda: fn(x, w, b, act))
+                    total += count * _time_ms(lambda: fn(x, w, b, act), device, args.iters)
         return total
 
-    def cudnn(x, w, b, act):
-        y = F.conv2d(x.permute(0, 3, 1, 2), w.to(x.dtype), b.to(x.dtype), padding=1,
-                     groups=x.shape[-1])
-        return (F.gelu if act == 'gelu' else F.silu)(y).permute(0, 2, 3, 1)
+    def cudnn(x, w, b, act):  # the op's PyTorch composition, weights in x's dtype
+        return dwconv._torch_impl(x, w.to(x.dtype), b.to(x.dtype), act)
 
     def fused(x, w, b, act):
         return dwconv._DWConvAct.apply(x, w, b, act)
