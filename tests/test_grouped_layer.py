@@ -227,3 +227,35 @@ def test_inference_parameter_cache_follows_updates():
         y2 = layer.forward_grouped(x)
         torch.testing.assert_close(y2, layer.forward_reference(x), atol=2e-5, rtol=1e-5)
     assert not torch.allclose(y1, y2)
+
+
+@pytest.mark.parametrize('blockdiag', [True, False])
+def test_packed_group_params_equal_the_arrangement_with_grads(blockdiag):
+    """One gather (and one in the backward) gives what stack/cat/block_diag give."""
+    from mmgroupmamba.models.layers.grouped_params import (SOURCES, arrange,
+                                                           pack_group_params,
+                                                           source_params)
+    layer = _perturbed_layer(348, d_state=2)
+    ops = layer.groups
+    params = source_params(ops)
+    assert len(params) == len(SOURCES) * len(ops)
+    assert {id(p) for p in params} == {id(p) for p in ops.parameters()}
+    packed = pack_group_params(params, ops, blockdiag, {})
+    G = len(ops)
+    plain = arrange({name: params[i * G:(i + 1) * G] for i, (name, _) in enumerate(SOURCES)},
+                    ops[0].dim, ops[0].dt_rank, ops[0].d_state, blockdiag)
+    assert packed.keys() == plain.keys()
+    weights = {k: torch.randn_like(v) for k, v in plain.items()}
+    grads = []
+    for out in (packed, plain):
+        loss = sum((out[k] * weights[k]).sum() for k in out)
+        grads.append(torch.autograd.grad(loss, params))
+    for k in plain:
+        torch.testing.assert_close(packed[k], plain[k], rtol=0, atol=0, msg=k)
+    for g_packed, g_plain in zip(*grads):
+        torch.testing.assert_close(g_packed, g_plain, rtol=0, atol=0)
+    # a gradient that reaches only some packed tensors (the rest count as zero)
+    g = torch.autograd.grad(packed['D'].sum(), params, allow_unused=True)
+    d_grads = g[7 * G:8 * G]  # SOURCES[7] is D
+    assert all(torch.equal(x, torch.ones_like(x)) for x in d_grads)
+    assert all(x.abs().sum() == 0 for i, x in enumerate(g) if not 7 * G <= i < 8 * G)

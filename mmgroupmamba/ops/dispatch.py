@@ -41,3 +41,25 @@ def fused_kernels(enabled: bool):
         yield
     finally:
         _state['enabled'] = previous
+
+
+class _NoGraphCtx:
+    """The ``ctx`` an autograd Function's forward gets from :func:`apply_function` when
+    no graph is recorded: no input needs a gradient and nothing is saved."""
+
+    def __init__(self, n_inputs: int):
+        self.needs_input_grad = (False, ) * n_inputs
+
+    def save_for_backward(self, *tensors):
+        pass
+
+
+def apply_function(fn, *args):
+    """``fn.apply(*args)`` for an autograd Function of a fused kernel; when no autograd
+    graph is recorded (inference, or no input requires grad) its forward is called
+    directly. ``Function.apply``'s bookkeeping costs more host time than launching the
+    kernel, and inference on small maps is bound by host time."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
+                                       for a in args):
+        return fn.apply(*args)
+    return fn.forward(_NoGraphCtx(len(args)), *args)

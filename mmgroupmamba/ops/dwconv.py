@@ -14,7 +14,7 @@ sequence holds the conv input *and* the activation input). Elsewhere (and for
 import torch
 import torch.nn.functional as F
 
-from .dispatch import fused_kernel_applies, triton_interpreting
+from .dispatch import apply_function, fused_kernel_applies, triton_interpreting
 
 ACTIVATIONS = {'none': 0, 'silu': 1, 'gelu': 2}
 
@@ -318,4 +318,4 @@ def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
 
 @torch.compiler.disable
 def _fused(x, weight, bias, act):
-    return _DWConvAct.apply(x, weight, bias, act)
+    return apply_function(_DWConvAct, x, weight, bias, act)

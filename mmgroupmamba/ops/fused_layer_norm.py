@@ -21,7 +21,7 @@ PyTorch composition.
 import torch
 import torch.nn.functional as F
 
-from .dispatch import fused_kernel_applies, triton_interpreting
+from .dispatch import apply_function, fused_kernel_applies, triton_interpreting
 
 try:
     import triton
@@ -249,4 +249,5 @@ def modulated_layer_norm(y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, 
 
 @torch.compiler.disable
 def _fused(x, y, scale, weight, bias, eps, out_dtype, rows_per_batch):
-    return _LayerNormFn.apply(x, y, scale, weight, bias, eps, out_dtype, rows_per_batch)
+    return apply_function(_LayerNormFn, x, y, scale, weight, bias, eps, out_dtype,
+                          rows_per_batch)

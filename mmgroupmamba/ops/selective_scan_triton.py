@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import triton_interpreting
+from .dispatch import apply_function, triton_interpreting
 
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
 
@@ -588,8 +588,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
             raise ValueError(f'{name} must be (batch, 1, L) = {(batch, 1, L)}, '
                              f'got {tuple(t.shape)}.')
     _check_device(u, delta, A, B, C, D, delta_bias)
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                  _block_l)
+    return apply_function(_SelectiveScanFn, u, delta, A, B, C, D, delta_bias,
+                          delta_softplus, _block_l)
 
 
 # --------------------------------------------------------------- fused GroupMamba layer
@@ -695,5 +695,5 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
         raise ValueError(f'groups of more than {MAX_BLOCK_D} channels are not supported '
                          f'by the fused kernel (got {d}).')
     _check_device(u, xdbl, z)
-    return _GroupedScanFn.apply(u, xdbl, z, dt_weight, dt_bias, A.reshape(-1), D,
-                                ln_weight, ln_bias, eps, tuple(directions), _block_l)
+    return apply_function(_GroupedScanFn, u, xdbl, z, dt_weight, dt_bias, A.reshape(-1),
+                          D, ln_weight, ln_bias, eps, tuple(directions), _block_l)

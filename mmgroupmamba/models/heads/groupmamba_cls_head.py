@@ -8,7 +8,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmpretrain.models.heads import ClsHead
 
-from ..layers import VSSS, ClassBlock, LayerNorm
+from ..layers import VSSS, ClassBlock, LayerNorm, Linear
 
 
 @MODELS.register_module()
@@ -60,8 +60,8 @@ class GroupMambaClsHead(ClsHead):
         self.class_block = ClassBlock(in_channels, mlp_ratio, d_state=d_state,
                                       scan_backend=scan_backend)
         self.norm = LayerNorm(in_channels, eps=1e-6)
-        self.fc = nn.Linear(in_channels, num_classes)
-        self.dist_fc = nn.Linear(in_channels, num_classes)
+        self.fc = Linear(in_channels, num_classes)
+        self.dist_fc = Linear(in_channels, num_classes)
 
     def init_weights(self):
         super().init_weights()

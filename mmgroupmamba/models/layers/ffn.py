@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from mmgroupmamba.ops import depthwise_conv3x3_act
+from .linear import Linear
 
 
 class ConvFFN(nn.Module):
@@ -24,9 +25,9 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, recompute_hidden: bool = False):
         super().__init__()
         self.recompute_hidden = recompute_hidden
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def _conv_fc2(self, h):
         return self.fc2(depthwise_conv3x3_act(h, self.dwconv.weight, self.dwconv.bias, 'gelu'))
@@ -43,9 +44,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan
+from .grouped_params import pack_group_params, source_params
+from .linear import Linear, autocast_dtype
 from .norm import LayerNorm
 from .vsss import SCAN_DIRECTIONS, VSSS
 
@@ -37,21 +39,15 @@ class ChannelAffinity(nn.Module):
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
         hidden = max(dim // reduction, 1)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x):
         return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean(dim=(1, 2))))))
 
 
 # ------------------------------------------------------------------- grouped linears
-def _autocast_dtype(device_type: str):
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
 class _BatchedGroupLinear(torch.autograd.Function):
     """``y[:, g] = x[:, g] @ W_g^T`` for every group g, as one strided batched matmul.
 
@@ -64,7 +60,7 @@ class _BatchedGroupLinear(torch.autograd.Function):
     def forward(ctx, x, weight):
         G, dout, din = weight.shape
         n = x.shape[0]
-        dtype = _autocast_dtype(x.device.type) or torch.promote_types(x.dtype, weight.dtype)
+        dtype = autocast_dtype(x.device.type) or torch.promote_types(x.dtype, weight.dtype)
         x, w = x.to(dtype), weight.to(dtype)
         out = x.new_empty(n, G * dout)
         torch.bmm(x.view(n, G, din).transpose(0, 1), w.transpose(1, 2),
@@ -97,7 +93,7 @@ def resolve_linear_mode(mode: str, x: torch.Tensor, width: int, dout: int) -> st
         raise ValueError(f'Unknown grouped linear mode {mode!r}; choose from {LINEAR_MODES}.')
     if mode != 'auto':
         return mode
-    low = (_autocast_dtype(x.device.type) is not None
+    low = (autocast_dtype(x.device.type) is not None
            or x.dtype in (torch.float16, torch.bfloat16))
     return 'blockdiag' if (low or width < 256 or dout < 8
                            or torch.compiler.is_compiling()) else 'bmm'
@@ -174,7 +170,7 @@ class ModulatedGroupMamba(nn.Module):
             VSSS(group_dim, direction, d_state=d_state, scan_backend=scan_backend)
             for direction in SCAN_DIRECTIONS)
         self.skip_scale = nn.Parameter(torch.ones(1))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     @property
     def impl(self) -> str:
@@ -191,6 +187,7 @@ class ModulatedGroupMamba(nn.Module):
         # copies and pickles (EMA models, torch.save(model)) leave the inference cache out
         state = super().__getstate__()
         state.pop('_param_cache', None)
+        state.pop('_pack_layouts', None)
         return state
 
     def set_scan_backend(self, backend: str):
@@ -223,51 +220,30 @@ class ModulatedGroupMamba(nn.Module):
         return self._modulate(y, x, affinity)
 
     def _grouped_params(self, linear_mode: str):
-        """The four groups' parameters stacked for the grouped path.
+        """The four groups' parameters in the grouped layout (:func:`arrange`, with ``A``
+        instead of ``A_log``), packed by one gather (:func:`pack_group_params`).
 
-        ``linear_mode`` (resolved): for ``blockdiag`` also the block-diagonal weights of
-        the projections, in_proj as one (2Gd, Gd) matrix whose outputs are
-        ``[x of every group | z of every group]``. Rebuilt on every call while autograd
-        records (the stacks are differentiable views of the per-group parameters);
-        without grad they are cached -- the block-diagonal ones already in the autocast
-        dtype -- until a parameter changes (``_version``) or the device / autocast dtype
-        does.
+        Differentiable views of the per-group parameters while autograd records; without
+        grad they are cached -- the matmul weights already in the autocast dtype -- until
+        a parameter changes (``_version``) or the device / autocast dtype does.
         """
-        params = list(self.groups.parameters())
+        blockdiag = linear_mode == 'blockdiag'
+        params = source_params(self.groups)
+        amp_dtype = autocast_dtype(params[0].device.type)
         key = None
-        amp_dtype = _autocast_dtype(params[0].device.type)
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            key = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params),
-                   amp_dtype, linear_mode)
-            cached = getattr(self, '_param_cache', None)
+            key = (tuple((p.data_ptr(), p._version) for p in params), amp_dtype, blockdiag)
+            cached = self.__dict__.get('_param_cache')
             if cached is not None and cached[0] == key:
                 return cached[1]
-        ops = self.groups
-        d, R, N = ops[0].dim, ops[0].dt_rank, ops[0].d_state
-        w_in = torch.stack([op.in_proj.weight for op in ops])           # (G, 2d, d)
-        xp = torch.stack([op.x_proj.weight for op in ops])               # (G, R+2N, d)
-        out = dict(
-            w_x=w_in[:, :d], w_z=w_in[:, d:],
-            conv_w=torch.cat([op.conv.weight for op in ops]),
-            conv_b=torch.cat([op.conv.bias for op in ops]),
-            # x_proj of every group as one block-diagonal linear: [dt_r | B | C]
-            w_xdbl=torch.cat([torch.block_diag(*xp[:, s].unbind(0)) for s in
-                              (slice(0, R), slice(R, R + N), slice(R + N, R + 2 * N))]),
-            dt_weight=torch.stack([op.dt_proj.weight for op in ops]),    # (G, d, R)
-            dt_bias=torch.cat([op.dt_proj.bias for op in ops]),
-            A=-torch.exp(torch.cat([op.A_log for op in ops]).float()),   # (G d, N)
-            D=torch.cat([op.D for op in ops]),
-            ln_weight=torch.cat([op.out_norm.weight for op in ops]),
-            ln_bias=torch.cat([op.out_norm.bias for op in ops]),
-            w_out=torch.stack([op.out_proj.weight for op in ops]))
-        if linear_mode == 'blockdiag':
-            out['w_in_blockdiag'] = torch.cat([torch.block_diag(*out['w_x'].unbind(0)),
-                                               torch.block_diag(*out['w_z'].unbind(0))])
-            out['w_out_blockdiag'] = torch.block_diag(*out['w_out'].unbind(0))
-            if key is not None and amp_dtype is not None:
-                for name in ('w_in_blockdiag', 'w_out_blockdiag'):
-                    out[name] = out[name].to(amp_dtype)
+        layouts = self.__dict__.setdefault('_pack_layouts', {})
+        out = pack_group_params(params, self.groups, blockdiag, layouts)
+        out['A'] = -torch.exp(out.pop('A_log').float())
         if key is not None:
+            if amp_dtype is not None:
+                for name in ('w_in_blockdiag', 'w_out_blockdiag', 'w_xdbl'):
+                    if name in out:
+                        out[name] = out[name].to(amp_dtype)
             self._param_cache = (key, out)
         return out
 

@@ -1,0 +1,54 @@
+"""``nn.Linear`` that keeps its autocast-dtype weights between inference calls."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def autocast_dtype(device_type: str):
+    """The autocast dtype for ``device_type``, or None outside autocast."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class InferenceCastCache:
+    """Copies of some tensors in a lower precision, kept while the tensors are unchanged.
+
+    Autocast casts every weight again in each ``with autocast()`` block, i.e. every
+    inference step: one extra kernel launch per weight and bias, which is a large part
+    of the host time of an inference step on small maps. The copies are rebuilt when a
+    tensor is replaced or modified in place (its ``_version``) or the dtype changes.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._copies = None
+
+    def get(self, tensors, dtype):
+        key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors))
+        if key != self._key:
+            self._copies = tuple(t.to(dtype) for t in tensors)
+            self._key = key
+        return self._copies
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) whose weight and bias, when no
+    autograd graph is recorded under autocast, come from an :class:`InferenceCastCache`
+    instead of being cast again on every call. Training is unchanged."""
+
+    def forward(self, x):
+        dtype = autocast_dtype(x.device.type)
+        if dtype is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return F.linear(x, self.weight, self.bias)
+        cache = self.__dict__.get('_cast_cache')
+        if cache is None:
+            cache = self.__dict__['_cast_cache'] = InferenceCastCache()
+        params = (self.weight, ) if self.bias is None else (self.weight, self.bias)
+        return F.linear(x, *cache.get(params, dtype))
+
+    def __getstate__(self):
+        # copies and pickles (EMA models, torch.save(model)) leave the cache out
+        state = super().__getstate__()
+        state.pop('_cast_cache', None)
+        return state
