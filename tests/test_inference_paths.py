@@ -1,9 +1,15 @@
 """Inference shortcuts that save host time: they must compute what the plain path does."""
+import pytest
 import torch
 import torch.nn.functional as F
 
-from mmgroupmamba.models.layers import Linear
+from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
+from mmgroupmamba.models.layers import ConvFFN, Linear
+from mmgroupmamba.ops import fused_kernels, linear, linear_tf32x3
 from mmgroupmamba.ops.dispatch import apply_function
+
+requires_triton_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
 
 
 def _autocast_linear(x, fc):
@@ -66,3 +72,70 @@ def test_apply_function_skips_autograd_only_without_a_graph():
     torch.testing.assert_close(y, x.detach() * 3.)
     with torch.inference_mode():
         torch.testing.assert_close(apply_function(_Scale, x.detach(), 3.), x.detach() * 3.)
+
+
+# ------------------------------------------------------------ 3xTF32 float32 linears
+# (M, N, K): K not a multiple of the tile (348 = stage-3 width), N narrower than a tile
+LINEAR_SHAPES = [(37, 24, 20), (50, 64, 48), (33, 40, 17)]
+
+
+def _check_linear_tf32x3(device, shapes, precision='tf32x3', tol=None):
+    torch.manual_seed(0)
+    for M, N, K in shapes:
+        for with_bias in (True, False):
+            x = torch.randn(M, K, device=device)
+            w = torch.randn(N, K, device=device) / K**0.5
+            b = torch.randn(N, device=device) if with_bias else None
+            exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+            err = (linear_tf32x3(x, w, b, precision) - exact).abs().max().item()
+            sgemm = (F.linear(x, w, b) - exact).abs().max().item()
+            # 3xTF32 is float32-accurate: within a few times cuBLAS's float32 error
+            assert err <= (tol or max(4 * sgemm, 1e-6)), (M, N, K, err, sgemm)
+
+
+_INTERPRET_SCRIPT = '''
+    import test_inference_paths as t
+    t._check_linear_tf32x3('cpu', t.LINEAR_SHAPES)
+    print('interpreter ok')
+'''
+
+
+@requires_triton_interpreter
+def test_linear_tf32x3_in_triton_interpreter():
+    run_in_triton_interpreter(_INTERPRET_SCRIPT)
+
+
+def test_linear_tf32x3_errors_and_fallback():
+    with pytest.raises(ValueError, match='float32'):
+        linear_tf32x3(torch.randn(4, 8).half(), torch.randn(3, 8).half())
+    with pytest.raises(ValueError, match='8 input features'):
+        linear_tf32x3(torch.randn(4, 5), torch.randn(3, 8))
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    torch.testing.assert_close(linear(x, w), F.linear(x, w))   # CPU: PyTorch's
+
+
+@requires_triton_gpu
+def test_linear_tf32x3_is_float32_accurate_on_gpu():
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False   # the comparison is cuBLAS's float32
+    try:
+        shapes = LINEAR_SHAPES + [(4099, 1392, 348), (8192, 64, 512), (5000, 512, 64),
+                                  (4096, 12, 64)]
+        _check_linear_tf32x3('cuda', shapes)
+        # the check can fail: one TF32 product is ~1e3 times less accurate
+        with pytest.raises(AssertionError):
+            _check_linear_tf32x3('cuda', shapes[-4:-1], precision='tf32')
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+@requires_triton_gpu
+def test_ffn_float32_inference_takes_tf32x3_and_matches():
+    torch.manual_seed(0)
+    ffn = ConvFFN(64, 256).cuda().eval()
+    x = torch.randn(2, 56, 56, 64, device='cuda')             # 6272 rows >= MIN_ROWS
+    with torch.no_grad():
+        fast = ffn(x)
+        with fused_kernels(False):
+            plain = ffn(x)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

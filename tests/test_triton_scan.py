@@ -353,19 +353,19 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                  'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr', 's_ptr',
                  'ds_part_ptr', 'dwb_part_ptr', 'gp_ptr'}
 
-    def compile_kernel(fn, consts, num_warps):
+    def compile_kernel(fn, consts, num_warps, num_stages=3, all_fp32=False):
         sig = {}
         for name in fn.arg_names:
             if name in consts:
                 sig[name] = 'constexpr'
             elif name.endswith('_ptr'):
-                sig[name] = ('*fp32' if name in fp32_ptrs else
+                sig[name] = ('*fp32' if name in fp32_ptrs or all_fp32 else
                              '*i32' if name == 'dir_ptr' else '*bf16')
             else:
                 sig[name] = 'fp32' if name == 'eps' else 'i32'
         return triton.compile(ASTSource(fn, sig, constexprs=consts),
                               target=GPUTarget('cuda', 90, 32),
-                              options=dict(num_warps=num_warps))
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
 
     flags = dict(HAS_DT_PROJ=True, HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=True,
                  HAS_NORM=True)
@@ -383,3 +383,9 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):
         compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=True, HAS_W=True,
                                 **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})), 8)
+    from mmgroupmamba.ops import tf32x3 as lin
+    for m, n, k, warps, stages in lin.CONFIGS:
+        compile_kernel(lin._linear_kernel.fn, dict(N=1392, K=348, HAS_BIAS=True,
+                                                   PRECISION='tf32x3', BLOCK_M=m, BLOCK_N=n,
+                                                   BLOCK_K=k, GROUP_M=8),
+                       warps, stages, all_fp32=True)

@@ -10,7 +10,9 @@ Two executions of the same parameters:
   per-group ``out_norm`` and the ``SiLU(z)`` gate as one
   :func:`mmgroupmamba.ops.grouped_selective_scan` (on CUDA one fused Triton kernel that
   reads each group in its direction straight from the channels-last map). Matmuls follow
-  autocast (bf16/fp16); the scan and the norms' statistics are computed in fp32.
+  autocast (bf16/fp16), in float32 inference the large ones run as 3xTF32
+  (:func:`mmgroupmamba.ops.linear`); the scan and the norms' statistics are computed in
+  fp32.
 
 Both use the per-group modules' parameters (state-dict keys are unchanged, so every
 checkpoint loads into either) and compute the same function.
@@ -20,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan
+from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan, linear
 from .grouped_params import pack_group_params, source_params
 from .linear import Linear, autocast_dtype
 from .norm import LayerNorm
@@ -260,7 +262,7 @@ class ModulatedGroupMamba(nn.Module):
         # in_proj of every group: one GEMM (x and z halves as views of its output), or
         # the x halves and the z halves as two batched matmuls
         if mode == 'blockdiag':
-            xs, z = F.linear(x, prm['w_in_blockdiag']).split(width, dim=-1)
+            xs, z = linear(x, prm['w_in_blockdiag']).split(width, dim=-1)
         else:
             xs = grouped_linear(x, prm['w_x'], mode)
             z = grouped_linear(x, prm['w_z'], mode)
@@ -272,7 +274,7 @@ class ModulatedGroupMamba(nn.Module):
             u = F.conv2d(xs.permute(0, 3, 1, 2), prm['conv_w'], prm['conv_b'], padding=1,
                          groups=xs.shape[-1])
             u = F.silu(u).permute(0, 2, 3, 1)                            # (B, H, W, Gd)
-        xdbl = F.linear(u, prm['w_xdbl'])                                # (B, H, W, G(R+2N))
+        xdbl = linear(u, prm['w_xdbl'])                                # (B, H, W, G(R+2N))
 
         y = grouped_selective_scan(
             u, xdbl, z, dt_weight=prm['dt_weight'], dt_bias=prm['dt_bias'], A=prm['A'],
@@ -280,7 +282,7 @@ class ModulatedGroupMamba(nn.Module):
             eps=ops[0].out_norm.eps, directions=tuple(op.direction for op in ops[:G]),
             backend=self.scan_backend)
         if mode == 'blockdiag':
-            y = F.linear(y, prm['w_out_blockdiag'])
+            y = linear(y, prm['w_out_blockdiag'])
         else:
             y = grouped_linear(y, prm['w_out'], mode)
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors

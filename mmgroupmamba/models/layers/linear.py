@@ -1,7 +1,9 @@
-"""``nn.Linear`` that keeps its autocast-dtype weights between inference calls."""
+"""``nn.Linear`` with GroupMamba's two inference shortcuts."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mmgroupmamba.ops import linear
 
 
 def autocast_dtype(device_type: str):
@@ -33,13 +35,20 @@ class InferenceCastCache:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) whose weight and bias, when no
-    autograd graph is recorded under autocast, come from an :class:`InferenceCastCache`
-    instead of being cast again on every call. Training is unchanged."""
+    """``nn.Linear`` (same parameters and state-dict keys) with two inference shortcuts,
+    taken only when no autograd graph is recorded (training is unchanged):
+
+    * under autocast, the weight and bias come from an :class:`InferenceCastCache`
+      instead of being cast again on every call;
+    * in float32 on CUDA, large inputs go through :func:`mmgroupmamba.ops.linear`
+      (3xTF32 on tensor cores, float32 accuracy).
+    """
 
     def forward(self, x):
         dtype = autocast_dtype(x.device.type)
-        if dtype is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if dtype is None:
+            return linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return F.linear(x, self.weight, self.bias)
         cache = self.__dict__.get('_cast_cache')
         if cache is None:
