@@ -7,6 +7,7 @@ from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_inte
 from mmgroupmamba.models.layers import ConvFFN, Linear
 from mmgroupmamba.ops import fused_kernels, linear, linear_tf32x3
 from mmgroupmamba.ops.dispatch import apply_function
+from mmgroupmamba.ops.tf32x3 import tf32x3_applies
 
 requires_triton_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
@@ -125,6 +126,11 @@ def test_linear_tf32x3_is_float32_accurate_on_gpu():
         # the check can fail: one TF32 product is ~1e3 times less accurate
         with pytest.raises(AssertionError):
             _check_linear_tf32x3('cuda', shapes[-4:-1], precision='tf32')
+        x, w = torch.randn(8192, 64, device='cuda'), torch.randn(32, 64, device='cuda')
+        with torch.no_grad():
+            assert tf32x3_applies(x, w)
+            torch.backends.cuda.matmul.allow_tf32 = True   # TF32 asked for: cuBLAS's
+            assert not tf32x3_applies(x, w)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allowed
 

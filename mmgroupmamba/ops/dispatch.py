@@ -1,10 +1,11 @@
-"""Where the Triton kernels run, and one switch for the layers' fused kernels.
+"""Where the Triton kernels run, one switch for the layers' fused kernels, and how
+their autograd Functions are called.
 
 The switch (on by default): off, :func:`~mmgroupmamba.ops.layer_norm`,
-:func:`~mmgroupmamba.ops.modulated_layer_norm` and
-:func:`~mmgroupmamba.ops.depthwise_conv3x3_act` run their PyTorch compositions
-everywhere: to measure what the kernels buy, or to time the released execution. (The
-selective scan has its own choice of backend.)
+:func:`~mmgroupmamba.ops.modulated_layer_norm`,
+:func:`~mmgroupmamba.ops.depthwise_conv3x3_act` and :func:`~mmgroupmamba.ops.linear`
+run their PyTorch compositions everywhere: to measure what the kernels buy, or to time
+the released execution. (The selective scan has its own choice of backend.)
 """
 import contextlib
 import os

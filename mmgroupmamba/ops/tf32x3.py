@@ -93,11 +93,14 @@ def linear_tf32x3(x: torch.Tensor, weight: torch.Tensor, bias=None,
 
 
 def tf32x3_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a float32 inference linear of ``x`` runs as :func:`linear_tf32x3`."""
+    """Whether a float32 inference linear of ``x`` runs as :func:`linear_tf32x3`: not
+    where TF32 matmuls are allowed (cuBLAS's single TF32 product is faster, and its
+    precision was asked for)."""
     return (triton is not None and fused_kernel_applies(x) and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() >= MIN_ROWS * x.shape[-1]
             and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and not torch.is_autocast_enabled(x.device.type))
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.backends.cuda.matmul.allow_tf32)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
