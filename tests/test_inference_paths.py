@@ -106,6 +106,19 @@ def test_linear_tf32x3_in_triton_interpreter():
     run_in_triton_interpreter(_INTERPRET_SCRIPT)
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason='needs Triton')
+def test_linear_tf32x3_tries_no_tile_wider_than_needed():
+    from mmgroupmamba.ops import tf32x3
+    configs = [triton_config(n) for n in (64, 128, 256)]
+    assert [c.kwargs['BLOCK_N'] for c in tf32x3._prune_configs(configs, {'N': 12})] == [64]
+    assert len(tf32x3._prune_configs(configs, {'N': 129})) == 3
+
+
+def triton_config(block_n):
+    import triton
+    return triton.Config(dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32))
+
+
 def test_linear_tf32x3_errors_and_fallback():
     with pytest.raises(ValueError, match='float32'):
         linear_tf32x3(torch.randn(4, 8).half(), torch.randn(3, 8).half())

@@ -22,7 +22,9 @@ except Exception:  # pragma: no cover - no (usable) Triton: F.linear is used
 
 MIN_ROWS = 4096  # below this the launch, not the matmul, costs the time
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); tried once per (N, K) on the GPU
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); tried once per (N, K) on the GPU (the first
+# float32 inference of a model compiles them all: about a minute for GroupMamba-T; Triton
+# keeps the binaries on disk)
 CONFIGS = ((128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (64, 128, 32, 4, 4),
            (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (256, 64, 32, 8, 3))
 
@@ -34,7 +36,14 @@ if triton is not None:
         return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w,
                               num_stages=s) for m, n, k, w, s in CONFIGS]
 
-    @triton.autotune(configs=_configs(), key=['N', 'K'])
+    def _prune_configs(configs, named_args, **kwargs):
+        """Tiles wider than N (beyond 64) would only compute masked-out columns: not
+        worth their compile and trial."""
+        width = max(64, triton.next_power_of_2(named_args['N']))
+        return [c for c in configs if c.kwargs['BLOCK_N'] <= width] or configs
+
+    @triton.autotune(configs=_configs(), key=['N', 'K'],
+                     prune_configs_by={'early_config_prune': _prune_configs})
     @triton.jit
     def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N: tl.constexpr, K: tl.constexpr,
                        HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
