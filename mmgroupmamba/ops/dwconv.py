@@ -82,6 +82,29 @@ if triton is not None:
             return tl.load(w_ptr + c * 9 + (8 - K), mask=mask_c, other=0.)[None, :]
         return tl.load(w_ptr + c * 9 + K, mask=mask_c, other=0.)[None, :]
 
+    @triton.jit
+    def _taps(w_ptr, c, mask_c, FLIP: tl.constexpr):
+        """The nine taps (row-major 3 x 3) for channels c."""
+        return (_tap(w_ptr, c, mask_c, 0, FLIP), _tap(w_ptr, c, mask_c, 1, FLIP),
+                _tap(w_ptr, c, mask_c, 2, FLIP), _tap(w_ptr, c, mask_c, 3, FLIP),
+                _tap(w_ptr, c, mask_c, 4, FLIP), _tap(w_ptr, c, mask_c, 5, FLIP),
+                _tap(w_ptr, c, mask_c, 6, FLIP), _tap(w_ptr, c, mask_c, 7, FLIP),
+                _tap(w_ptr, c, mask_c, 8, FLIP))
+
+    @triton.jit
+    def _program_tile(H, W, C, ROWS: tl.constexpr, BLOCK_W: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+        """This program's image b, first output row h0, columns w and channels c (grid:
+        images x row blocks, column blocks, channel blocks)."""
+        n_hb = tl.cdiv(H, ROWS)
+        b = (tl.program_id(0) // n_hb).to(tl.int64)
+        h0 = (tl.program_id(0) % n_hb) * ROWS
+        w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = c < C
+        mask_out = (w < W)[:, None] & mask_c[None, :]
+        return b, h0, w, c, mask_c, mask_out
+
     @triton.jit(do_not_specialize=['H', 'W'])
     def _dw_fwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, y_ptr, H, W, C,
                        ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -96,22 +119,8 @@ if triton is not None:
         ``PREFETCH``: the next row's loads are issued before this row's arithmetic (two
         rows in flight per program).
         """
-        n_hb = tl.cdiv(H, ROWS)
-        b = (tl.program_id(0) // n_hb).to(tl.int64)
-        h0 = (tl.program_id(0) % n_hb) * ROWS
-        w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = c < C
-        mask_out = (w < W)[:, None] & mask_c[None, :]
-        k0 = _tap(w_ptr, c, mask_c, 0, FLIP)
-        k1 = _tap(w_ptr, c, mask_c, 1, FLIP)
-        k2 = _tap(w_ptr, c, mask_c, 2, FLIP)
-        k3 = _tap(w_ptr, c, mask_c, 3, FLIP)
-        k4 = _tap(w_ptr, c, mask_c, 4, FLIP)
-        k5 = _tap(w_ptr, c, mask_c, 5, FLIP)
-        k6 = _tap(w_ptr, c, mask_c, 6, FLIP)
-        k7 = _tap(w_ptr, c, mask_c, 7, FLIP)
-        k8 = _tap(w_ptr, c, mask_c, 8, FLIP)
+        b, h0, w, c, mask_c, mask_out = _program_tile(H, W, C, ROWS, BLOCK_W, BLOCK_C)
+        k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, FLIP)
         if HAS_BIAS:
             bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
         x_base = x_ptr + b * s_xb
@@ -146,22 +155,8 @@ if triton is not None:
         [h0, h0 + ROWS), and this program's partial sums of dW (9 taps) and db,
         accumulated elementwise and reduced over the columns once at the end.
         """
-        n_hb = tl.cdiv(H, ROWS)
-        b = (tl.program_id(0) // n_hb).to(tl.int64)
-        h0 = (tl.program_id(0) % n_hb) * ROWS
-        w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = c < C
-        mask_out = (w < W)[:, None] & mask_c[None, :]
-        k0 = _tap(w_ptr, c, mask_c, 0, False)
-        k1 = _tap(w_ptr, c, mask_c, 1, False)
-        k2 = _tap(w_ptr, c, mask_c, 2, False)
-        k3 = _tap(w_ptr, c, mask_c, 3, False)
-        k4 = _tap(w_ptr, c, mask_c, 4, False)
-        k5 = _tap(w_ptr, c, mask_c, 5, False)
-        k6 = _tap(w_ptr, c, mask_c, 6, False)
-        k7 = _tap(w_ptr, c, mask_c, 7, False)
-        k8 = _tap(w_ptr, c, mask_c, 8, False)
+        b, h0, w, c, mask_c, mask_out = _program_tile(H, W, C, ROWS, BLOCK_W, BLOCK_C)
+        k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, False)
         if HAS_BIAS:
             bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
         x_base = x_ptr + b * s_xb

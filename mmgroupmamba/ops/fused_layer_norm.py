@@ -61,6 +61,13 @@ if triton is not None:
             v = v * yv * sv
         return v
 
+    @triton.jit
+    def _centred_rows(v, mask, C, eps):
+        """Each row minus its mean (zero outside ``mask``) and its 1 / std."""
+        mean = tl.sum(v, axis=1) / C
+        diff = tl.where(mask, v - mean[:, None], 0.)
+        return diff, 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+
     @triton.jit(do_not_specialize=['M', 'rows_per_batch'])
     def _ln_fwd_kernel(x_ptr, y_ptr, s_ptr, w_ptr, b_ptr, out_ptr, M, C, rows_per_batch,
                        eps, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -70,9 +77,7 @@ if triton is not None:
         mask_c = cols < C
         mask = (rows < M)[:, None] & mask_c[None, :]
         v = _load_rows(x_ptr, y_ptr, s_ptr, rows, cols, mask, C, rows_per_batch, MOD)
-        mean = tl.sum(v, axis=1) / C
-        diff = tl.where(mask, v - mean[:, None], 0.)
-        rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+        diff, rstd = _centred_rows(v, mask, C, eps)
         out = diff * rstd[:, None]
         if HAS_W:
             out = out * tl.load(w_ptr + cols, mask=mask_c, other=0.).to(tl.float32)[None, :]
@@ -108,9 +113,7 @@ if triton is not None:
             mask = (r < rows_per_batch)[:, None] & mask_c[None, :]
             offs = rows[:, None].to(tl.int64) * C + cols[None, :]
             v = _load_rows(x_ptr, y_ptr, s_ptr, rows, cols, mask, C, rows_per_batch, MOD)
-            mean = tl.sum(v, axis=1) / C
-            diff = tl.where(mask, v - mean[:, None], 0.)
-            rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / C + eps)
+            diff, rstd = _centred_rows(v, mask, C, eps)
             xhat = diff * rstd[:, None]
             g = tl.load(g_ptr + offs, mask=mask, other=0.).to(tl.float32)
             acc_dw += tl.sum(g * xhat, axis=0)
