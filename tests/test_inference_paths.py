@@ -25,10 +25,10 @@ def test_linear_reuses_autocast_weights_until_they_change():
     x = torch.randn(4, 16)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         y1 = fc(x)
-        copies = fc._cast_cache.get((fc.weight, fc.bias), torch.bfloat16)
-        assert y1.dtype == torch.bfloat16
+        copies = fc._cast_cache._value
+        assert y1.dtype == torch.bfloat16 and copies[0].dtype == torch.bfloat16
         fc(x)
-        assert fc._cast_cache.get((fc.weight, fc.bias), torch.bfloat16) is copies
+        assert fc._cast_cache._value is copies
     torch.testing.assert_close(y1, _autocast_linear(x, fc), rtol=0, atol=0)
     with torch.no_grad():
         fc.weight.mul_(2.)                         # an optimizer step / EMA update

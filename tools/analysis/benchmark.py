@@ -172,8 +172,8 @@ def configure(model, spec, args):
 
 
 def uses_fused_kernels(spec, args):
-    """Our LayerNorm / depthwise-conv kernels: off for the stand-in of the released code
-    and with ``--unfused``."""
+    """Our LayerNorm, depthwise-conv and 3xTF32 linear kernels: off for the stand-in of
+    the released code and with ``--unfused``."""
     return not args.unfused and parse_backend(spec)[0] != 'reference'
 
 
@@ -541,8 +541,9 @@ def main(argv=None):
                         help='grouped layer: cuDNN depthwise conv + SiLU instead of the '
                         'fused Triton kernel')
     parser.add_argument('--unfused', action='store_true',
-                        help='our rows without the fused LayerNorm and depthwise-conv '
-                        'kernels (PyTorch\'s ops instead), to measure what they buy')
+                        help='our rows without the fused LayerNorm, depthwise-conv and '
+                        '3xTF32 linear kernels (PyTorch\'s ops instead), to measure what '
+                        'they buy')
     parser.add_argument('--scan-sweep', action='store_true',
                         help='only time the fused Triton scan at this arch\'s stage shapes '
                         'for several launch configurations, then exit')

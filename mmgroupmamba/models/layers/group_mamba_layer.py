@@ -24,7 +24,7 @@ import torch.utils.checkpoint as cp
 
 from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan, linear
 from .grouped_params import pack_group_params, source_params
-from .linear import Linear, autocast_dtype
+from .linear import InferenceCache, Linear, autocast_dtype
 from .norm import LayerNorm
 from .vsss import SCAN_DIRECTIONS, VSSS
 
@@ -226,27 +226,26 @@ class ModulatedGroupMamba(nn.Module):
         instead of ``A_log``), packed by one gather (:func:`pack_group_params`).
 
         Differentiable views of the per-group parameters while autograd records; without
-        grad they are cached -- the matmul weights already in the autocast dtype -- until
-        a parameter changes (``_version``) or the device / autocast dtype does.
+        grad they are cached (:class:`InferenceCache`) -- the matmul weights already in
+        the autocast dtype -- until a parameter changes or the autocast dtype does.
         """
         blockdiag = linear_mode == 'blockdiag'
         params = source_params(self.groups)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._pack_params(params, blockdiag)
         amp_dtype = autocast_dtype(params[0].device.type)
-        key = None
-        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            key = (tuple((p.data_ptr(), p._version) for p in params), amp_dtype, blockdiag)
-            cached = self.__dict__.get('_param_cache')
-            if cached is not None and cached[0] == key:
-                return cached[1]
+        cache = self.__dict__.setdefault('_param_cache', InferenceCache())
+        return cache.get(params, (amp_dtype, blockdiag),
+                         lambda: self._pack_params(params, blockdiag, amp_dtype))
+
+    def _pack_params(self, params, blockdiag: bool, matmul_dtype=None):
         layouts = self.__dict__.setdefault('_pack_layouts', {})
         out = pack_group_params(params, self.groups, blockdiag, layouts)
         out['A'] = -torch.exp(out.pop('A_log').float())
-        if key is not None:
-            if amp_dtype is not None:
-                for name in ('w_in_blockdiag', 'w_out_blockdiag', 'w_xdbl'):
-                    if name in out:
-                        out[name] = out[name].to(amp_dtype)
-            self._param_cache = (key, out)
+        if matmul_dtype is not None:
+            for name in ('w_in_blockdiag', 'w_out_blockdiag', 'w_xdbl'):
+                if name in out:
+                    out[name] = out[name].to(matmul_dtype)
         return out
 
     def forward_grouped(self, x):

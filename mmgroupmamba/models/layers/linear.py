@@ -13,32 +13,35 @@ def autocast_dtype(device_type: str):
     return None
 
 
-class InferenceCastCache:
-    """Copies of some tensors in a lower precision, kept while the tensors are unchanged.
+class InferenceCache:
+    """A value derived from some tensors, kept between inference calls while they are
+    unchanged: rebuilt when a tensor is replaced or modified in place (its data pointer
+    or ``_version``) or the ``tag`` (e.g. the autocast dtype) changes.
 
     Autocast casts every weight again in each ``with autocast()`` block, i.e. every
     inference step: one extra kernel launch per weight and bias, which is a large part
-    of the host time of an inference step on small maps. The copies are rebuilt when a
-    tensor is replaced or modified in place (its ``_version``) or the dtype changes.
+    of the host time of an inference step on small maps. Cached casts (and the grouped
+    layer's packed parameters) avoid that.
     """
 
     def __init__(self):
         self._key = None
-        self._copies = None
+        self._value = None
 
-    def get(self, tensors, dtype):
-        key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors))
+    def get(self, tensors, tag, build):
+        """The cached value for ``tensors`` and ``tag``, or ``build()`` if stale."""
+        key = (tag, tuple((t.data_ptr(), t._version) for t in tensors))
         if key != self._key:
-            self._copies = tuple(t.to(dtype) for t in tensors)
+            self._value = build()
             self._key = key
-        return self._copies
+        return self._value
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) with two inference shortcuts,
     taken only when no autograd graph is recorded (training is unchanged):
 
-    * under autocast, the weight and bias come from an :class:`InferenceCastCache`
+    * under autocast, the weight and bias come from an :class:`InferenceCache`
       instead of being cast again on every call;
     * in float32 on CUDA, large inputs go through :func:`mmgroupmamba.ops.linear`
       (3xTF32 on tensor cores, float32 accuracy).
@@ -52,9 +55,10 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         cache = self.__dict__.get('_cast_cache')
         if cache is None:
-            cache = self.__dict__['_cast_cache'] = InferenceCastCache()
+            cache = self.__dict__['_cast_cache'] = InferenceCache()
         params = (self.weight, ) if self.bias is None else (self.weight, self.bias)
-        return F.linear(x, *cache.get(params, dtype))
+        return F.linear(x, *cache.get(params, dtype,
+                                      lambda: tuple(t.to(dtype) for t in params)))
 
     def __getstate__(self):
         # copies and pickles (EMA models, torch.save(model)) leave the cache out
