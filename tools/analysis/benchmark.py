@@ -22,7 +22,9 @@ wall-clock over ``--iters`` iterations; peak memory is ``torch.cuda.max_memory_a
 over the timed iterations. ``--profile`` prints the top CUDA kernels of each of our rows.
 ``--cuda-graph`` times every row (baselines too) as the replay of a CUDA graph of its
 step: eager steps at these sizes are bound by Python and kernel-launch overhead, which
-moves with the host CPU; the graph measures what the GPU work costs.
+moves with the host CPU; the graph measures what the GPU work costs. ``--graph-backbone``
+adds inference rows with the backbone's own ``cuda_graph=True`` (the rest eager), the
+setting users have; baselines stay eager unless ``--cuda-graph``.
 """
 import argparse
 import contextlib
@@ -435,7 +437,11 @@ def dwconv_sweep(args, device):
 
 
 # ------------------------------------------------------------------------------ main
-def run_one(make_model, label, spec, mode, precision, args, device, results, prof=False):
+def run_one(make_model, label, spec, mode, precision, args, device, results, prof=False,
+            graphed=None):
+    """Time one row; ``graphed`` (default ``--cuda-graph``): the peak memory counts the
+    warm-up and capture (a graph's memory pool is allocated then)."""
+    graphed = args.cuda_graph if graphed is None else graphed
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -454,7 +460,7 @@ def run_one(make_model, label, spec, mode, precision, args, device, results, pro
         _sync(device)
         row['first_call_s'] = time.perf_counter() - t0
         row['img_s'], row['peak_gib'] = measure(step, device, warmup, iters, args.batch_size,
-                                                reset_peak=not args.cuda_graph)
+                                                reset_peak=not graphed)
         if prof:
             profile(step, device, args.profile_rows, f'{label} {spec} {mode} {precision}')
     except torch.cuda.OutOfMemoryError:
@@ -557,6 +563,10 @@ def main(argv=None):
                         help='every row (ours and the baselines) replays a CUDA graph of '
                         'its step (forward; or forward, backward and AdamW step) instead '
                         'of launching every kernel from Python')
+    parser.add_argument('--graph-backbone', action='store_true',
+                        help='inference: each grouped row again with the backbone\'s '
+                        '`cuda_graph=True` (a CUDA graph of the backbone replayed per call, '
+                        'what a user can switch on in a config; the head stays eager)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
@@ -586,7 +596,7 @@ def main(argv=None):
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
           f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  ffn_cp {args.ffn_cp}  '
           f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
-          f'cuda_graph {args.cuda_graph}  '
+          f'cuda_graph {args.cuda_graph}  graph_backbone {args.graph_backbone}  '
           f'linear_mode {args.linear_mode}')
     try:
         import triton
@@ -600,7 +610,7 @@ def main(argv=None):
           f'{RELEASED_H200[("infer", "fp32")]}, infer AMP {RELEASED_H200[("infer", "amp")]}, '
           f'train AMP {RELEASED_H200[("train", "amp")]} img/s (21.7 GiB)')
 
-    def make_ours(spec):
+    def make_ours(spec, graph_backbone=False):
         def make():
             # the reference rows stand in for the released code: never checkpointed
             reference = parse_backend(spec)[0] == 'reference'
@@ -609,6 +619,11 @@ def main(argv=None):
                 run_args.with_cp = run_args.mixer_cp = run_args.ffn_cp = False
             model = build_ours(run_args).to(device)
             configure(model, spec, run_args)
+            if graph_backbone:
+                from mmgroupmamba.models import GroupMamba
+                for m in model.modules():
+                    if isinstance(m, GroupMamba):
+                        m.cuda_graph = True
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:
@@ -643,9 +658,15 @@ def main(argv=None):
     for mode in args.mode:
         for precision in args.precision:
             for spec in backends:
-                with fused_kernels(uses_fused_kernels(spec, args)):
-                    run_one(make_ours(spec), ours_label, spec, mode, precision, args, device,
-                            results, prof=args.profile)
+                variants = [(spec, False)]
+                if (args.graph_backbone and mode == 'infer' and device.type == 'cuda'
+                        and parse_backend(spec)[0] == 'grouped'):
+                    variants.append((f'{spec}+backbone-graph', True))
+                for label, graphed in variants:
+                    with fused_kernels(uses_fused_kernels(spec, args)):
+                        run_one(make_ours(spec, graphed), ours_label, label, mode, precision,
+                                args, device, results, prof=args.profile,
+                                graphed=args.cuda_graph or graphed)
             for name in (args.baselines or []):
                 try:
                     import timm

@@ -10,7 +10,10 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers import ConvStem, Downsample, GroupMambaBlock, LayerNorm, VSSS
+from mmgroupmamba.ops import fused_kernels_enabled
+from ..layers import (ConvStem, Downsample, GroupMambaBlock, InferenceCache, LayerNorm,
+                      ModulatedGroupMamba, VSSS)
+from ..utils import GraphedInference
 
 
 @MODELS.register_module()
@@ -41,6 +44,15 @@ class GroupMamba(BaseModule):
         d_state (int): SSM state size (1 in the released models).
         scan_backend (str): selective-scan backend, see
             :func:`mmgroupmamba.ops.selective_scan`.
+        cuda_graph (bool): in inference (eval mode, no autograd graph recorded, CUDA
+            input) replay a CUDA graph of the forward, captured per input shape, dtype
+            and autocast setting (:class:`~mmgroupmamba.models.utils.GraphedInference`),
+            instead of launching its ~500 kernels one by one from Python: eager
+            inference is bound by the host CPU, not the GPU, on most hosts. Worth it
+            for fixed input shapes (classification, sliding-window segmentation);
+            inputs beyond ``max_cuda_graphs`` shapes run eagerly. Training is unchanged.
+        max_cuda_graphs (int): how many input signatures get a graph (each holds the
+            memory of one forward).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
             loads our checkpoints and the released ones (converted on the fly).
     """
@@ -79,6 +91,8 @@ class GroupMamba(BaseModule):
                  ffn_cp: bool = False,
                  d_state: int = 1,
                  scan_backend: str = 'auto',
+                 cuda_graph: bool = False,
+                 max_cuda_graphs: int = 4,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -121,6 +135,10 @@ class GroupMamba(BaseModule):
             self.add_module(f'norm{self.num_stages - 1}',
                             LayerNorm(embed_dims[-1], eps=1e-6))
         self._freeze_stages()
+        self.cuda_graph = cuda_graph
+        self.max_cuda_graphs = max_cuda_graphs
+        if max_cuda_graphs < 1:
+            raise ValueError(f'max_cuda_graphs must be at least 1, got {max_cuda_graphs}.')
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
@@ -175,6 +193,11 @@ class GroupMamba(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'GroupMamba expects (B, {self.in_channels}, H, W) images, '
                              f'got a tensor of shape {tuple(x.shape)}.')
+        if self.cuda_graph and not self.training and GraphedInference.applies(x):
+            return self._graphed_inference()(x)
+        return self._forward(x)
+
+    def _forward(self, x):
         outs = []
         for i in range(self.num_stages):
             # The stem takes the NCHW image; later embeddings take channels-last maps.
@@ -185,6 +208,33 @@ class GroupMamba(BaseModule):
             if i in self.out_indices:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
+
+    def _graphed_inference(self) -> GraphedInference:
+        runner = self.__dict__.get('_graph_runner')
+        if runner is None or runner.max_graphs != self.max_cuda_graphs:
+            runner = self.__dict__['_graph_runner'] = GraphedInference(
+                self._forward, lambda: [*self.parameters(), *self.buffers()],
+                max_graphs=self.max_cuda_graphs, extra_key=self._execution_settings,
+                caches=self._inference_cache_values)
+        return runner
+
+    def _execution_settings(self) -> tuple:
+        """What selects the kernels of a forward besides the input: the mixers'
+        execution settings and the switches the ops read."""
+        mixers = tuple((m.impl, m.scan_backend, m.linear_mode, m.fused_conv)
+                       for m in self.modules() if isinstance(m, ModulatedGroupMamba))
+        return (mixers, fused_kernels_enabled(), torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32, torch.backends.cudnn.enabled)
+
+    def _inference_cache_values(self) -> list:
+        return [v.value for m in self.modules() for v in vars(m).values()
+                if isinstance(v, InferenceCache)]
+
+    def __getstate__(self):
+        # copies and pickles (EMA models, torch.save(model)) leave the graphs out
+        state = super().__getstate__()
+        state.pop('_graph_runner', None)
+        return state
 
     # ------------------------------------------------------------------- train/freeze
     def _freeze_stages(self):
@@ -201,6 +251,8 @@ class GroupMamba(BaseModule):
 
     def train(self, mode=True):
         super().train(mode)
+        if mode and '_graph_runner' in vars(self):
+            self._graph_runner.reset()  # the weights will change: free the graphs' memory
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.patch_embeds[0].modules():

@@ -36,6 +36,11 @@ class InferenceCache:
             self._key = key
         return self._value
 
+    @property
+    def value(self):
+        """The value built last (None before the first ``get``)."""
+        return self._value
+
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) with two inference shortcuts,

@@ -1,0 +1,3 @@
+from .graphed_inference import GraphedInference
+
+__all__ = ['GraphedInference']

@@ -1,0 +1,110 @@
+"""The backbone's ``cuda_graph`` inference: same outputs as eager, graphs dropped when the
+weights change, at most ``max_cuda_graphs`` signatures, never while training."""
+import copy
+
+import pytest
+import torch
+
+from conftest import requires_cuda
+from mmgroupmamba.models import GroupMamba
+
+SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
+             mlp_ratios=[2, 2, 2, 2])
+
+
+def _eager(model, x):
+    return model._forward(x)
+
+
+def _assert_outputs_equal(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graph_argument_and_cpu_fallback():
+    with pytest.raises(ValueError, match='max_cuda_graphs'):
+        GroupMamba(SMALL, cuda_graph=True, max_cuda_graphs=0)
+    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).eval()
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        _assert_outputs_equal(model(x), _eager(model, x))
+    assert '_graph_runner' not in vars(model)  # CPU input: eager
+
+
+@requires_cuda
+@pytest.mark.parametrize('amp', [None, torch.float16])
+def test_graph_replay_matches_eager_and_follows_weight_updates(amp):
+    torch.manual_seed(0)
+    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).cuda().eval()
+    x1, x2 = torch.randn(2, 2, 3, 64, 48, device='cuda').unbind(0)
+    with torch.inference_mode(), torch.autocast('cuda', dtype=amp or torch.float16,
+                                                enabled=amp is not None):
+        out1 = model(x1)
+        kept = [o.clone() for o in out1]
+        out2 = model(x2)
+        assert model._graph_runner.num_graphs == 1
+        _assert_outputs_equal(out2, _eager(model, x2))
+        _assert_outputs_equal(out1, kept)  # a replay never overwrites earlier results
+        _assert_outputs_equal(model(x1), kept)
+    # an in-place update (an optimizer step, load_state_dict) reaches the next call,
+    # including the weights cached in the autocast dtype
+    with torch.no_grad():
+        model.stages[1][0].ffn.fc1.weight.mul_(-2)
+        model.stages[2][1].mixer.groups[2].dt_proj.bias.add_(1)
+    with torch.inference_mode(), torch.autocast('cuda', dtype=amp or torch.float16,
+                                                enabled=amp is not None):
+        new = model(x1)
+        eager = _eager(model, x1)
+    _assert_outputs_equal(new, eager)
+    assert (new[1] - kept[1]).abs().max() > 1e-2
+
+
+@requires_cuda
+def test_graphs_per_signature_capped_and_kept_alive():
+    torch.manual_seed(0)
+    model = GroupMamba(SMALL, cuda_graph=True, max_cuda_graphs=2,
+                       drop_path_rate=0.).cuda().eval()
+    shapes = [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 32)]
+    xs = [torch.randn(s, device='cuda') for s in shapes]
+    with torch.no_grad():
+        for x in xs:
+            _assert_outputs_equal(model(x), _eager(model, x))
+        assert model._graph_runner.num_graphs == 2  # the third shape ran eagerly
+        # other autocast dtypes replace the cached cast weights; the fp32 graph of the
+        # first shape reads none of them and the fp16 graph keeps its own alive
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            model(xs[2])
+        _assert_outputs_equal(model(xs[0]), _eager(model, xs[0]))
+    model.max_cuda_graphs = 3
+    with torch.no_grad():
+        with torch.autocast('cuda', dtype=torch.float16):
+            half = model(xs[0])
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            model(xs[0])
+            model(xs[0])
+        # what autocast cast and freed at the end of each block may be reused by now
+        junk = [torch.full((n, ), float('nan'), device='cuda') for n in range(1, 4000, 7)]
+        with torch.autocast('cuda', dtype=torch.float16):
+            _assert_outputs_equal(model(xs[0]), half)
+            _assert_outputs_equal(half, _eager(model, xs[0]))
+        del junk
+
+
+@requires_cuda
+def test_no_graph_while_training_or_recording():
+    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).cuda()
+    x = torch.randn(2, 3, 64, 48, device='cuda')
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    out = model(x)  # autograd records: eager
+    assert out[-1].requires_grad and '_graph_runner' not in vars(model)
+    with torch.no_grad():
+        model(x)
+    assert model._graph_runner.num_graphs == 1
+    clone = copy.deepcopy(model)  # EMA copies: the graphs are not copied
+    assert '_graph_runner' not in vars(clone)
+    with torch.no_grad():
+        _assert_outputs_equal(clone(x), model(x))
