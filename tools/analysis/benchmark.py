@@ -23,8 +23,9 @@ over the timed iterations. ``--profile`` prints the top CUDA kernels of each of 
 ``--cuda-graph`` times every row (baselines too) as the replay of a CUDA graph of its
 step: eager steps at these sizes are bound by Python and kernel-launch overhead, which
 moves with the host CPU; the graph measures what the GPU work costs. ``--graph-backbone``
-adds inference rows with the backbone's own ``cuda_graph=True`` (the rest eager), the
-setting users have; baselines stay eager unless ``--cuda-graph``.
+adds rows with the backbone's own ``cuda_graph=True`` (its forward and backward graphed,
+head, loss and optimizer eager), the setting users have; baselines stay eager unless
+``--cuda-graph``.
 """
 import argparse
 import contextlib
@@ -564,9 +565,10 @@ def main(argv=None):
                         'its step (forward; or forward, backward and AdamW step) instead '
                         'of launching every kernel from Python')
     parser.add_argument('--graph-backbone', action='store_true',
-                        help='inference: each grouped row again with the backbone\'s '
-                        '`cuda_graph=True` (a CUDA graph of the backbone replayed per call, '
-                        'what a user can switch on in a config; the head stays eager)')
+                        help='each grouped row again with the backbone\'s `cuda_graph=True` '
+                        '(CUDA graphs of the backbone\'s forward, and backward in training, '
+                        'replayed per call: what a user switches on in a config; head, '
+                        'loss and optimizer stay eager)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
@@ -659,7 +661,7 @@ def main(argv=None):
         for precision in args.precision:
             for spec in backends:
                 variants = [(spec, False)]
-                if (args.graph_backbone and mode == 'infer' and device.type == 'cuda'
+                if (args.graph_backbone and device.type == 'cuda'
                         and parse_backend(spec)[0] == 'grouped'):
                     variants.append((f'{spec}+backbone-graph', True))
                 for label, graphed in variants:

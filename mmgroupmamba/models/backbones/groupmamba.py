@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmgroupmamba.ops import fused_kernels_enabled
 from ..layers import (ConvStem, Downsample, GroupMambaBlock, InferenceCache, LayerNorm,
                       ModulatedGroupMamba, VSSS)
-from ..utils import GraphedInference
+from ..utils import GraphedInference, GraphedTraining
 
 
 @MODELS.register_module()
@@ -44,15 +44,18 @@ class GroupMamba(BaseModule):
         d_state (int): SSM state size (1 in the released models).
         scan_backend (str): selective-scan backend, see
             :func:`mmgroupmamba.ops.selective_scan`.
-        cuda_graph (bool): in inference (eval mode, no autograd graph recorded, CUDA
-            input) replay a CUDA graph of the forward, captured per input shape, dtype
-            and autocast setting (:class:`~mmgroupmamba.models.utils.GraphedInference`),
-            instead of launching its ~500 kernels one by one from Python: eager
-            inference is bound by the host CPU, not the GPU, on most hosts. Worth it
-            for fixed input shapes (classification, sliding-window segmentation);
-            inputs beyond ``max_cuda_graphs`` shapes run eagerly. Training is unchanged.
-        max_cuda_graphs (int): how many input signatures get a graph (each holds the
-            memory of one forward).
+        cuda_graph (bool | str): replay CUDA graphs of the forward (and in training
+            of the backward) instead of launching every kernel from Python: eager
+            steps of this model are bound by the host CPU, not the GPU (an AMP
+            inference step launches ~500 kernels, a training step ~3300). ``'infer'``:
+            in eval mode without autograd, one graph per input shape, dtype and
+            autocast setting (:class:`~mmgroupmamba.models.utils.GraphedInference`);
+            ``'train'``: in train mode, the forward and backward of the first input
+            signature (:class:`~mmgroupmamba.models.utils.GraphedTraining`; other
+            shapes, e.g. a smaller last batch, run eagerly); ``True``: both. Worth it
+            for fixed input shapes (classification, sliding-window segmentation).
+        max_cuda_graphs (int): how many input signatures get an inference graph (each
+            holds the memory of one forward); further ones run eagerly.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
             loads our checkpoints and the released ones (converted on the fly).
     """
@@ -91,7 +94,7 @@ class GroupMamba(BaseModule):
                  ffn_cp: bool = False,
                  d_state: int = 1,
                  scan_backend: str = 'auto',
-                 cuda_graph: bool = False,
+                 cuda_graph: Union[bool, str] = False,
                  max_cuda_graphs: int = 4,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -135,6 +138,9 @@ class GroupMamba(BaseModule):
             self.add_module(f'norm{self.num_stages - 1}',
                             LayerNorm(embed_dims[-1], eps=1e-6))
         self._freeze_stages()
+        if cuda_graph not in (False, True, 'infer', 'train'):
+            raise ValueError(f"cuda_graph must be False, True, 'infer' or 'train', got "
+                             f'{cuda_graph!r}.')
         self.cuda_graph = cuda_graph
         self.max_cuda_graphs = max_cuda_graphs
         if max_cuda_graphs < 1:
@@ -193,8 +199,12 @@ class GroupMamba(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'GroupMamba expects (B, {self.in_channels}, H, W) images, '
                              f'got a tensor of shape {tuple(x.shape)}.')
-        if self.cuda_graph and not self.training and GraphedInference.applies(x):
+        if self.cuda_graph in (True, 'infer') and not self.training \
+                and GraphedInference.applies(x):
             return self._graphed_inference()(x)
+        if self.cuda_graph in (True, 'train') and self.training \
+                and GraphedTraining.applies(x):
+            return self._graphed_training()(x)
         return self._forward(x)
 
     def _forward(self, x):
@@ -218,13 +228,23 @@ class GroupMamba(BaseModule):
                 caches=self._inference_cache_values)
         return runner
 
+    def _graphed_training(self) -> GraphedTraining:
+        runner = self.__dict__.get('_train_graph_runner')
+        if runner is None:
+            runner = self.__dict__['_train_graph_runner'] = GraphedTraining(
+                self._forward, self, extra_key=self._execution_settings)
+        return runner
+
     def _execution_settings(self) -> tuple:
-        """What selects the kernels of a forward besides the input: the mixers'
-        execution settings and the switches the ops read."""
-        mixers = tuple((m.impl, m.scan_backend, m.linear_mode, m.fused_conv)
+        """What selects the kernels of a forward besides the input: the mixers' and
+        blocks' execution settings and the switches the ops read."""
+        mixers = tuple((m.impl, m.scan_backend, m.linear_mode, m.fused_conv, m.mixer_cp)
                        for m in self.modules() if isinstance(m, ModulatedGroupMamba))
-        return (mixers, fused_kernels_enabled(), torch.backends.cuda.matmul.allow_tf32,
-                torch.backends.cudnn.allow_tf32, torch.backends.cudnn.enabled)
+        blocks = tuple((b.with_cp, b.ffn.recompute_hidden) for stage in self.stages
+                       for b in stage)
+        return (mixers, blocks, fused_kernels_enabled(),
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                torch.backends.cudnn.enabled)
 
     def _inference_cache_values(self) -> list:
         return [v.value for m in self.modules() for v in vars(m).values()
@@ -234,6 +254,7 @@ class GroupMamba(BaseModule):
         # copies and pickles (EMA models, torch.save(model)) leave the graphs out
         state = super().__getstate__()
         state.pop('_graph_runner', None)
+        state.pop('_train_graph_runner', None)
         return state
 
     # ------------------------------------------------------------------- train/freeze
@@ -251,8 +272,12 @@ class GroupMamba(BaseModule):
 
     def train(self, mode=True):
         super().train(mode)
+        # free the graphs' memory: inference graphs before the weights change, training
+        # graphs whenever the modes of the modules (BatchNorm, dropout) may change
         if mode and '_graph_runner' in vars(self):
-            self._graph_runner.reset()  # the weights will change: free the graphs' memory
+            self._graph_runner.reset()
+        if '_train_graph_runner' in vars(self):
+            self._train_graph_runner.reset()
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.patch_embeds[0].modules():

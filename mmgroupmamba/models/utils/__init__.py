@@ -1,3 +1,4 @@
 from .graphed_inference import GraphedInference
+from .graphed_training import GraphedTraining
 
-__all__ = ['GraphedInference']
+__all__ = ['GraphedInference', 'GraphedTraining']

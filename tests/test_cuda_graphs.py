@@ -1,5 +1,6 @@
-"""The backbone's ``cuda_graph`` inference: same outputs as eager, graphs dropped when the
-weights change, at most ``max_cuda_graphs`` signatures, never while training."""
+"""The backbone's ``cuda_graph``: inference replays give the eager outputs, follow weight
+updates and stay within ``max_cuda_graphs`` signatures; graphed training steps give the
+eager parameters and gradients (accumulation included) and draw new drop-path masks."""
 import copy
 
 import pytest
@@ -108,3 +109,72 @@ def test_no_graph_while_training_or_recording():
     assert '_graph_runner' not in vars(clone)
     with torch.no_grad():
         _assert_outputs_equal(clone(x), model(x))
+
+
+# ------------------------------------------------------------------------- training
+def _train_pair(**kw):
+    torch.manual_seed(0)
+    eager = GroupMamba(SMALL, drop_path_rate=0., **kw).cuda().train()
+    graphed = copy.deepcopy(eager)
+    graphed.cuda_graph = 'train'
+    return eager, graphed
+
+
+def _loss(outs):
+    return sum((o.float() ** 2).mean() for o in outs)
+
+
+@requires_cuda
+@pytest.mark.parametrize('amp', [None, torch.bfloat16])
+def test_graphed_training_steps_match_eager(amp):
+    eager, graphed = _train_pair(norm_eval=True)  # BatchNorm statistics stay fixed
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed)]
+    torch.manual_seed(1)
+    xs = torch.randn(4, 2, 3, 64, 48, device='cuda')
+    for step, x in enumerate(xs):
+        for model, opt in zip((eager, graphed), opts):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast('cuda', dtype=amp or torch.bfloat16, enabled=amp is not None):
+                outs = model(x)
+            _loss(outs).backward()
+            if step < 3:
+                opt.step()
+            else:  # a second backward before clearing: accumulates, as eager
+                with torch.autocast('cuda', dtype=amp or torch.bfloat16,
+                                    enabled=amp is not None):
+                    _loss(model(x * 0.5)).backward()
+        assert graphed._train_graph_runner.num_graphs == 1
+        tol = dict(atol=1e-4, rtol=1e-4) if amp is None else dict(atol=2e-2, rtol=2e-2)
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            torch.testing.assert_close(q, p, **tol, msg=name)
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, **tol, msg=f'grad of {name}')
+
+
+@requires_cuda
+def test_graphed_training_draws_new_drop_path_masks_and_other_shapes_run_eagerly():
+    torch.manual_seed(0)
+    model = GroupMamba(SMALL, drop_path_rate=0.5, cuda_graph='train').cuda().train()
+    x = torch.randn(4, 3, 64, 48, device='cuda')
+    a = model(x)[-1].detach().clone()
+    b = model(x)[-1].detach().clone()
+    assert model._train_graph_runner.num_graphs == 1
+    assert (a - b).abs().max() > 1e-3  # replays draw new random masks
+    model(torch.randn(2, 3, 64, 48, device='cuda'))  # another batch size: eager
+    assert model._train_graph_runner.num_graphs == 1
+    model.eval()  # mode changes drop the training graphs
+    assert model._train_graph_runner.num_graphs == 0
+    with pytest.raises(ValueError, match='cuda_graph'):
+        GroupMamba(SMALL, cuda_graph='always')
+
+
+@requires_cuda
+def test_graphed_training_two_forwards_then_one_backward():
+    eager, graphed = _train_pair(norm_eval=True)
+    x1, x2 = torch.randn(2, 2, 3, 64, 48, device='cuda').unbind(0)
+    graphed(x1)  # capture (and drop the outputs)
+    for model in (eager, graphed):
+        model.zero_grad(set_to_none=True)
+        (_loss(model(x1)) + _loss(model(x2))).backward()  # the second call runs eagerly
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
