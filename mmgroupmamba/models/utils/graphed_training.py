@@ -98,20 +98,23 @@ class GraphedTraining:
         outs = graphed(x)
         first = outs[0] if isinstance(outs, (tuple, list)) else outs
         if first.grad_fn is not None:
-            first.grad_fn.register_prehook(self._before_backward)
+            first.grad_fn.register_hook(self._after_backward)
             self._awaiting_backward = weakref.ref(first.grad_fn)
         return outs
 
-    def _before_backward(self, grad_outputs):
-        """Runs before the backward graph. That graph writes the gradients into its own
-        buffers, which autograd hands on as ``.grad`` (no copy) to parameters that have
-        none; a gradient still held from an earlier backward (accumulation) may be such
-        a buffer, so it is copied out before the replay overwrites it."""
+    def _after_backward(self, grad_inputs, grad_outputs):
+        """The backward graph leaves the gradients in its memory pool, which the next
+        replay (forward or backward) reuses. Autograd would hand those buffers on as the
+        parameters' ``.grad`` without a copy, and a later replay would overwrite them
+        (e.g. under gradient accumulation): the parameters get copies instead, made by a
+        few multi-tensor kernels."""
         self._awaiting_backward = None
-        for p in self.module.parameters():
-            if p.grad is not None:
-                p.grad = p.grad.clone()
-        return None
+        index = [i for i, g in enumerate(grad_inputs) if g is not None]
+        copies = torch._foreach_mul([grad_inputs[i] for i in index], 1.0)
+        grads = list(grad_inputs)
+        for i, g in zip(index, copies):
+            grads[i] = g
+        return tuple(grads)
 
     def _capture(self, x):
         wrapper = _Forward(self.module, self.forward)
