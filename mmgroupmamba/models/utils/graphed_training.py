@@ -34,8 +34,8 @@ class GraphedTraining:
     strides, dtype, autocast setting, which parameters train, ``extra_key()``).
 
     Captured on the first call with a new signature after three warm-up forward and
-    backward passes of that input (``make_graphed_callables``; these also update
-    BatchNorm running statistics, as three more steps of the same batch would). The
+    backward passes of that input (``make_graphed_callables``; the buffers, e.g.
+    BatchNorm running statistics, are restored afterwards). The
     graphs read and write the parameters, their gradients and the random state in
     place, so optimizer steps, gradient scaling, gradient accumulation, DDP's gradient
     hooks and stochastic depth work as in eager mode. Outputs and activations live in the
@@ -119,6 +119,13 @@ class GraphedTraining:
     def _capture(self, x):
         wrapper = _Forward(self.module, self.forward)
         sample = x.detach().clone().requires_grad_(x.requires_grad)
+        # the warm-up passes would update BatchNorm running statistics three more times
+        buffers = list(self.module.buffers())
+        saved = [b.clone() for b in buffers]
         with _without_autocast_cache(x.device.type):
-            return torch.cuda.make_graphed_callables(wrapper, (sample, ),
-                                                     allow_unused_input=True)
+            graphed = torch.cuda.make_graphed_callables(wrapper, (sample, ),
+                                                        allow_unused_input=True)
+        with torch.no_grad():
+            for b, value in zip(buffers, saved):
+                b.copy_(value)
+        return graphed
