@@ -2,22 +2,23 @@
 
 An eager training step of GroupMamba-T launches ~3300 kernels and records as many
 autograd nodes; its host time (200-400 ms at batch 128) is two to four times its GPU
-time. :func:`torch.cuda.make_graphed_callables` captures the forward and the backward
-once and replays them as two launches; the optimizer, loss and the rest of the model
-stay eager and untouched.
+time. Here the forward and the backward are captured once and replayed as two launches
+inside one autograd Function; the loss, the rest of the model and the optimizer stay
+eager and untouched.
 """
 import weakref
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
 from .graphed_inference import _without_autocast_cache
 
 
 class _Forward(nn.Module):
-    """``forward(x)`` of ``module`` as a module whose parameters are ``module``'s (what
-    ``make_graphed_callables`` needs to return their gradients)."""
+    """``forward(x)`` of ``module`` as a module, for :func:`torch.func.functional_call`
+    (which runs it with the parameters replaced by other tensors)."""
 
     def __init__(self, module: nn.Module, forward: Callable):
         super().__init__()
@@ -28,19 +29,110 @@ class _Forward(nn.Module):
         return self._fn(x)
 
 
+class _StepGraphs:
+    """The captured forward and backward of one input signature.
+
+    Captured with every trainable parameter replaced by a view of itself: the backward
+    graph then computes the gradients at those views and never touches the parameters'
+    gradient accumulators, which belong to the step's real autograd graph (and may be
+    held by DDP on another stream, which a capture cannot depend on).
+    """
+
+    warmup_calls = 3
+
+    def __init__(self, forward: Callable, module: nn.Module, x: torch.Tensor):
+        wrapper = _Forward(module, forward)
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.static_input = x.detach().clone()
+
+        def run():
+            views = {f'module.{n}': p.view_as(p) for n, p in named}
+            outs = functional_call(wrapper, views, (self.static_input, ))
+            return list(views.values()), outs
+
+        # the warm-up would update BatchNorm running statistics: they are restored after
+        buffers = list(module.buffers())
+        saved = [b.clone() for b in buffers]
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream), _without_autocast_cache(x.device.type):
+            for _ in range(self.warmup_calls):  # compiles, autotunes, cuDNN benchmarks
+                views, outs = run()
+                flat = self._flatten(outs)
+                torch.autograd.grad(flat, views, [torch.empty_like(o) for o in flat],
+                                    allow_unused=True)
+            del views, outs, flat
+            pool = torch.cuda.graph_pool_handle()
+            self.fwd_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.fwd_graph, pool=pool, stream=stream):
+                views, outs = run()
+            self.tuple_output = isinstance(outs, (tuple, list))
+            self.static_outputs = self._flatten(outs)
+            self.static_grad_outputs = [torch.empty_like(o) for o in self.static_outputs]
+            self.bwd_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.bwd_graph, pool=pool, stream=stream):
+                self.static_grads = torch.autograd.grad(
+                    self.static_outputs, views, self.static_grad_outputs,
+                    allow_unused=True)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        with torch.no_grad():
+            for b, value in zip(buffers, saved):
+                b.copy_(value)
+
+    @staticmethod
+    def _flatten(outs) -> List[torch.Tensor]:
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        if not all(isinstance(o, torch.Tensor) and o.requires_grad for o in outs):
+            raise TypeError('A graphed training forward must return tensors that '
+                            'require grad.')
+        return outs
+
+
+class _ReplayStep(torch.autograd.Function):
+    """Forward: the forward graph; backward: the backward graph. The parameters are
+    inputs, so their gradients reach ``.grad`` (and DDP's hooks) as in eager mode."""
+
+    @staticmethod
+    def forward(ctx, step: _StepGraphs, x, *params):
+        ctx.step = step
+        step.static_input.copy_(x)
+        step.fwd_graph.replay()
+        return tuple(o.detach() for o in step.static_outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        step = ctx.step
+        for static, grad in zip(step.static_grad_outputs, grads):
+            if grad is None:
+                static.zero_()
+            else:
+                static.copy_(grad)
+        step.bwd_graph.replay()
+        # the gradients lie in the graphs' memory pool, which the next replay reuses:
+        # the parameters get copies (a few multi-tensor kernels), never those buffers
+        index = [i for i, g in enumerate(step.static_grads) if g is not None]
+        copies = torch._foreach_mul([step.static_grads[i] for i in index], 1.0)
+        param_grads = [None] * len(step.static_grads)
+        for i, g in zip(index, copies):
+            param_grads[i] = g
+        return (None, None, *param_grads)
+
+
 class GraphedTraining:
-    """Runs ``forward(x)`` of ``module`` in training as a replayed CUDA graph (forward)
-    whose backward is another replayed graph, one pair per input signature (shape,
-    strides, dtype, autocast setting, which parameters train, ``extra_key()``).
+    """Runs ``forward(x)`` of ``module`` in training as a replayed CUDA graph whose
+    backward is another replayed graph, one pair per input signature (shape, strides,
+    dtype, autocast setting, which parameters train, ``extra_key()``).
 
     Captured on the first call with a new signature after three warm-up forward and
-    backward passes of that input (``make_graphed_callables``; the buffers, e.g.
-    BatchNorm running statistics, are restored afterwards). The
-    graphs read and write the parameters, their gradients and the random state in
-    place, so optimizer steps, gradient scaling, gradient accumulation, DDP's gradient
-    hooks and stochastic depth work as in eager mode. Outputs and activations live in the
-    graphs' memory: while a replay's autograd graph is alive and its backward has not
-    run, further calls run eagerly (another replay would overwrite them).
+    backward passes of that input (the buffers, e.g. BatchNorm running statistics, are
+    restored afterwards). The graphs read and write the parameters, the buffers and the
+    random state in place, so optimizer steps, gradient scaling, gradient accumulation,
+    DDP's gradient hooks and stochastic depth work as in eager mode. Outputs and
+    activations live in the graphs' memory: while a replay's autograd graph is alive and
+    its backward has not run, further calls run eagerly (another replay would overwrite
+    them). Inputs that require grad run eagerly.
 
     Args:
         forward: the eager forward of ``module``, one tensor in, tensors out.
@@ -58,20 +150,21 @@ class GraphedTraining:
         self.module = module
         self.max_graphs = max_graphs
         self.extra_key = extra_key
-        self._graphed: Dict[tuple, Callable] = {}
+        self._steps: Dict[tuple, _StepGraphs] = {}
         self._awaiting_backward = None
 
     @staticmethod
     def applies(x: torch.Tensor) -> bool:
-        return (x.is_cuda and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and not torch.cuda.is_current_stream_capturing())
+        return (x.is_cuda and torch.is_grad_enabled() and not x.requires_grad
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and not torch.cuda.is_current_stream_capturing())
 
     @property
     def num_graphs(self) -> int:
-        return len(self._graphed)
+        return len(self._steps)
 
     def reset(self):
-        self._graphed.clear()
+        self._steps.clear()
         self._awaiting_backward = None
 
     def _signature(self, x):
@@ -80,8 +173,7 @@ class GraphedTraining:
                     if torch.is_autocast_enabled(device) else None)
         extra = self.extra_key() if self.extra_key is not None else ()
         trainable = tuple(p.requires_grad for p in self.module.parameters())
-        return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, autocast,
-                trainable, extra)
+        return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast, trainable, extra)
 
     def __call__(self, x: torch.Tensor):
         # A replay overwrites the activations the previous replay's backward needs: while
@@ -90,42 +182,15 @@ class GraphedTraining:
         if self._awaiting_backward is not None and self._awaiting_backward() is not None:
             return self.forward(x)
         key = self._signature(x)
-        graphed = self._graphed.get(key)
-        if graphed is None:
-            if len(self._graphed) >= self.max_graphs:
+        step = self._steps.get(key)
+        if step is None:
+            if len(self._steps) >= self.max_graphs:
                 return self.forward(x)
-            graphed = self._graphed[key] = self._capture(x)
-        outs = graphed(x)
-        first = outs[0] if isinstance(outs, (tuple, list)) else outs
-        if first.grad_fn is not None:
-            first.grad_fn.register_hook(self._after_backward)
-            self._awaiting_backward = weakref.ref(first.grad_fn)
-        return outs
+            step = self._steps[key] = _StepGraphs(self.forward, self.module, x)
+        outs = _ReplayStep.apply(step, x, *step.params)
+        outs[0].grad_fn.register_prehook(self._before_backward)
+        self._awaiting_backward = weakref.ref(outs[0].grad_fn)
+        return outs if step.tuple_output else outs[0]
 
-    def _after_backward(self, grad_inputs, grad_outputs):
-        """The backward graph leaves the gradients in its memory pool, which the next
-        replay (forward or backward) reuses. Autograd would hand those buffers on as the
-        parameters' ``.grad`` without a copy, and a later replay would overwrite them
-        (e.g. under gradient accumulation): the parameters get copies instead, made by a
-        few multi-tensor kernels."""
+    def _before_backward(self, grad_outputs):
         self._awaiting_backward = None
-        index = [i for i, g in enumerate(grad_inputs) if g is not None]
-        copies = torch._foreach_mul([grad_inputs[i] for i in index], 1.0)
-        grads = list(grad_inputs)
-        for i, g in zip(index, copies):
-            grads[i] = g
-        return tuple(grads)
-
-    def _capture(self, x):
-        wrapper = _Forward(self.module, self.forward)
-        sample = x.detach().clone().requires_grad_(x.requires_grad)
-        # the warm-up passes would update BatchNorm running statistics three more times
-        buffers = list(self.module.buffers())
-        saved = [b.clone() for b in buffers]
-        with _without_autocast_cache(x.device.type):
-            graphed = torch.cuda.make_graphed_callables(wrapper, (sample, ),
-                                                        allow_unused_input=True)
-        with torch.no_grad():
-            for b, value in zip(buffers, saved):
-                b.copy_(value)
-        return graphed
