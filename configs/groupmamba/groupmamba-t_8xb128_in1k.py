@@ -27,7 +27,10 @@ model = dict(
         # the class-token head applies the released final norm after its class block
         final_norm=False,
         # the released models were all trained with 0.05 (hard-coded in their code)
-        drop_path_rate=0.05),
+        drop_path_rate=0.05,
+        # fixed 224x224 batches: the backbone's forward and backward replay CUDA graphs
+        # (2.4x the eager training step on an H200, same results; README "Speed")
+        cuda_graph=True),
     neck=None,
     head=dict(
         type='GroupMambaClsHead',
