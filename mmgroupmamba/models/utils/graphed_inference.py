@@ -6,10 +6,11 @@ than the GPU takes to run them (measured: 40 ms of host time for 21 ms of GPU wo
 batch 128 under AMP), so eager inference is bound by the host. A CUDA graph of the
 forward launches all of them with one call.
 """
-import contextlib
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+
+from .graph_capture import capture_possible, input_signature, without_autocast_cache
 
 
 class _Graph(NamedTuple):
@@ -66,9 +67,7 @@ class GraphedInference:
 
     @staticmethod
     def applies(x: torch.Tensor) -> bool:
-        return (x.is_cuda and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and not torch.cuda.is_current_stream_capturing())
+        return capture_possible(x) and not torch.is_grad_enabled()
 
     @property
     def num_graphs(self) -> int:
@@ -80,12 +79,8 @@ class GraphedInference:
         self._state = None
 
     def _signature(self, x):
-        device = x.device.type
-        autocast = (torch.get_autocast_dtype(device)
-                    if torch.is_autocast_enabled(device) else None)
         extra = self.extra_key() if self.extra_key is not None else ()
-        return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast,
-                torch.is_inference_mode_enabled(), extra)
+        return input_signature(x, (torch.is_inference_mode_enabled(), extra))
 
     def __call__(self, x: torch.Tensor):
         state = tuple((t.data_ptr(), t._version) for t in self.tensors())
@@ -108,24 +103,15 @@ class GraphedInference:
         # warm-up on a side stream, as capture requires: compiles, autotunes, fills caches
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side), _without_autocast_cache(x.device.type):
+        with torch.cuda.stream(side), without_autocast_cache(x.device.type):
             for _ in range(self.warmup_calls):
                 self.forward(static_input)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), _without_autocast_cache(x.device.type):
+        with torch.cuda.graph(graph), without_autocast_cache(x.device.type):
             out = self.forward(static_input)
         tuple_output = isinstance(out, (tuple, list))
         outs = tuple(out) if tuple_output else (out, )
         keep_alive = list(self.caches()) if self.caches is not None else []
         return _Graph(graph, static_input, outs, tuple_output, keep_alive)
 
-
-def _without_autocast_cache(device_type: str):
-    """Autocast as it is, but without its cache of cast weights: a graph must not read
-    a cast that autocast made outside it and frees when the caller's autocast block
-    ends. (The layers' own inference caches are kept alive by the graph instead.)"""
-    if not torch.is_autocast_enabled(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
-                          cache_enabled=False)

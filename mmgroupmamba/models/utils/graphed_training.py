@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .graphed_inference import _without_autocast_cache
+from .graph_capture import capture_possible, input_signature, without_autocast_cache
 
 
 class _Forward(nn.Module):
@@ -56,7 +56,7 @@ class _StepGraphs:
         saved = [b.clone() for b in buffers]
         stream = torch.cuda.Stream(x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(stream), _without_autocast_cache(x.device.type):
+        with torch.cuda.stream(stream), without_autocast_cache(x.device.type):
             for _ in range(self.warmup_calls):  # compiles, autotunes, cuDNN benchmarks
                 views, outs = run()
                 flat = self._flatten(outs)
@@ -155,9 +155,7 @@ class GraphedTraining:
 
     @staticmethod
     def applies(x: torch.Tensor) -> bool:
-        return (x.is_cuda and torch.is_grad_enabled() and not x.requires_grad
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and not torch.cuda.is_current_stream_capturing())
+        return capture_possible(x) and torch.is_grad_enabled() and not x.requires_grad
 
     @property
     def num_graphs(self) -> int:
@@ -168,12 +166,9 @@ class GraphedTraining:
         self._awaiting_backward = None
 
     def _signature(self, x):
-        device = x.device.type
-        autocast = (torch.get_autocast_dtype(device)
-                    if torch.is_autocast_enabled(device) else None)
         extra = self.extra_key() if self.extra_key is not None else ()
         trainable = tuple(p.requires_grad for p in self.module.parameters())
-        return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast, trainable, extra)
+        return input_signature(x, (trainable, extra))
 
     def __call__(self, x: torch.Tensor):
         # A replay overwrites the activations the previous replay's backward needs: while

@@ -1,0 +1,31 @@
+"""What the inference and training graph runners share: when a capture is possible, the
+signature an input is graphed under, and autocast without its weight cache."""
+import contextlib
+
+import torch
+
+
+def capture_possible(x: torch.Tensor) -> bool:
+    """``x`` is on CUDA and nothing prevents a capture: not under ``torch.compile`` or
+    ``torch.jit`` tracing, and not inside another capture."""
+    return (x.is_cuda and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def input_signature(x: torch.Tensor, extra: tuple = ()) -> tuple:
+    """What a graph of ``forward(x)`` is specific to: the input's shape, strides, dtype
+    and device, the autocast setting and ``extra`` (settings that select kernels)."""
+    device = x.device.type
+    autocast = (torch.get_autocast_dtype(device)
+                if torch.is_autocast_enabled(device) else None)
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast, extra)
+
+
+def without_autocast_cache(device_type: str):
+    """Autocast as it is, but without its cache of cast weights: a graph must not read
+    a cast that autocast made outside it and frees when the caller's autocast block
+    ends. (The layers' own inference caches are kept alive by the graph instead.)"""
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                          cache_enabled=False)
