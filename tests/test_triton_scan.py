@@ -177,8 +177,10 @@ def test_released_fixture_logits_on_triton_path(reference):
     assert torch.isfinite(amp).all()
     err, ref_err = (amp - expected).abs().max().item(), (ref_amp - expected).abs().max().item()
     print(f'fp16 autocast: max |logit error| triton {err:.2e}, reference path {ref_err:.2e}')
-    # fp16 rounding of every matmul output (stem, FFN, heads, not the scan) sets the floor:
-    # the reference execution is as far off; ours must be no worse.
+    # fp16 rounding of the matmuls' weights and inputs (stem, FFN, heads, not the scan)
+    # sets the floor: fp16 weights alone move these logits by more than 1e-3
+    # (test_official_equivalence); the reference execution is as far off, ours must be
+    # within 1.5x of it.
     assert err <= max(1e-3, 1.5 * ref_err)
     torch.testing.assert_close(amp, ref_amp, atol=max(1e-3, 2 * ref_err), rtol=0)
 
