@@ -33,6 +33,18 @@ def test_cuda_graph_argument_and_cpu_fallback():
     assert '_graph_runner' not in vars(model)  # CPU input: eager
 
 
+def test_sync_batchnorm_in_training_blocks_graphed_training():
+    model = GroupMamba(SMALL, cuda_graph=True)
+    assert model._training_graph_blocker() is None
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert 'patch_embeds.0.conv.1' in model._training_graph_blocker()
+    model.eval()
+    assert model._training_graph_blocker() is None
+    model = GroupMamba(SMALL, norm_eval=True)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).train()
+    assert model._training_graph_blocker() is None  # frozen statistics: no all-reduce
+
+
 @requires_cuda
 @pytest.mark.parametrize('amp', [None, torch.float16])
 def test_graph_replay_matches_eager_and_follows_weight_updates(amp):

@@ -1,5 +1,6 @@
 """GroupMamba backbone (Shaker et al., "GroupMamba: Parameter-Efficient and Accurate Group
 Visual State Space Model"), computing the same function as the released checkpoints."""
+import warnings
 from copy import deepcopy
 from typing import Sequence, Union
 
@@ -204,8 +205,22 @@ class GroupMamba(BaseModule):
             return self._graphed_inference()(x)
         if self.cuda_graph in (True, 'train') and self.training \
                 and GraphedTraining.applies(x):
-            return self._graphed_training()(x)
+            blocker = self._training_graph_blocker()
+            if blocker is None:
+                return self._graphed_training()(x)
+            warnings.warn(f'GroupMamba(cuda_graph={self.cuda_graph!r}): the training step '
+                          f'runs eagerly: {blocker}.')
         return self._forward(x)
+
+    def _training_graph_blocker(self):
+        """Why the training forward cannot be captured here, or None."""
+        for name, m in self.named_modules():
+            # e.g. after mmengine's ``sync_bn='torch'`` converted the stem's BatchNorms
+            if m.training and (isinstance(m, nn.SyncBatchNorm)
+                               or type(m).__name__ == 'SyncBatchNorm'):
+                return (f'{name} is a SyncBatchNorm in training mode, whose all-reduce '
+                        'cannot run inside a captured graph (norm_eval=True freezes it)')
+        return None
 
     def _forward(self, x):
         outs = []
