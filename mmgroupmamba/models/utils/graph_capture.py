@@ -4,6 +4,8 @@ import contextlib
 
 import torch
 
+from ..layers.linear import autocast_dtype
+
 
 def capture_possible(x: torch.Tensor) -> bool:
     """``x`` is on CUDA and nothing prevents a capture: not under ``torch.compile`` or
@@ -15,17 +17,15 @@ def capture_possible(x: torch.Tensor) -> bool:
 def input_signature(x: torch.Tensor, extra: tuple = ()) -> tuple:
     """What a graph of ``forward(x)`` is specific to: the input's shape, strides, dtype
     and device, the autocast setting and ``extra`` (settings that select kernels)."""
-    device = x.device.type
-    autocast = (torch.get_autocast_dtype(device)
-                if torch.is_autocast_enabled(device) else None)
-    return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast, extra)
+    return (tuple(x.shape), x.stride(), x.dtype, x.device, autocast_dtype(x.device.type),
+            extra)
 
 
 def without_autocast_cache(device_type: str):
     """Autocast as it is, but without its cache of cast weights: a graph must not read
     a cast that autocast made outside it and frees when the caller's autocast block
     ends. (The layers' own inference caches are kept alive by the graph instead.)"""
-    if not torch.is_autocast_enabled(device_type):
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
-                          cache_enabled=False)
+    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
