@@ -45,6 +45,16 @@ def test_sync_batchnorm_in_training_blocks_graphed_training():
     assert model._training_graph_blocker() is None  # frozen statistics: no all-reduce
 
 
+def test_outputs_of_frozen_stages_block_graphed_training():
+    # a captured backward needs every output to carry a gradient
+    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1).train()
+    assert 'outputs [0, 1]' in model._training_graph_blocker()
+    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1, out_indices=(2, 3)).train()
+    assert model._training_graph_blocker() is None
+    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=3, out_indices=(3, )).train()
+    assert 'outputs [3]' in model._training_graph_blocker()
+
+
 @requires_cuda
 @pytest.mark.parametrize('amp', [None, torch.float16])
 def test_graph_replay_matches_eager_and_follows_weight_updates(amp):

@@ -220,6 +220,15 @@ class GroupMamba(BaseModule):
                                or type(m).__name__ == 'SyncBatchNorm'):
                 return (f'{name} is a SyncBatchNorm in training mode, whose all-reduce '
                         'cannot run inside a captured graph (norm_eval=True freezes it)')
+        # the captured backward starts from every output: each needs a trainable
+        # parameter before it (frozen_stages may leave early outputs without one)
+        first_trainable = next((i for i in range(self.num_stages)
+                                if any(p.requires_grad for m in self._stage_modules(i)
+                                       for p in m.parameters())), self.num_stages)
+        frozen = [i for i in self.out_indices if i < first_trainable]
+        if frozen:
+            return (f'outputs {frozen} depend on frozen parameters only and carry no '
+                    'gradient')
         return None
 
     def _forward(self, x):
@@ -273,14 +282,16 @@ class GroupMamba(BaseModule):
         return state
 
     # ------------------------------------------------------------------- train/freeze
+    def _stage_modules(self, i):
+        """Stage ``i``'s embedding, blocks and norm (if any)."""
+        norm = getattr(self, f'norm{i}', None)
+        return [self.patch_embeds[i], self.stages[i]] + ([norm] if norm is not None else [])
+
     def _freeze_stages(self):
         if self.frozen_stages < 0:
             return
         for i in range(min(self.frozen_stages + 1, self.num_stages)):
-            modules = [self.patch_embeds[i], self.stages[i], getattr(self, f'norm{i}', None)]
-            for m in modules:
-                if m is None:
-                    continue
+            for m in self._stage_modules(i):
                 m.eval()
                 for p in m.parameters():
                     p.requires_grad = False
