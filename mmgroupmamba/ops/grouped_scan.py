@@ -84,13 +84,15 @@ def _split_xdbl(xdbl, G, R, N, directions):
 
 
 def _norm_and_gate(y, z, ln_weight, ln_bias, eps, G):
-    """Per-group LayerNorm over each group's channels, then ``* SiLU(z)``; fp32."""
+    """Per-group LayerNorm over each group's channels, then ``* SiLU(z)``, in ``y``'s
+    dtype (fp32, or fp64 for references)."""
     if ln_weight is not None:
         shape = y.shape
         y = F.layer_norm(y.unflatten(-1, (G, -1)), (shape[-1] // G, ), eps=eps)
-        y = (y * ln_weight.float().view(G, -1) + ln_bias.float().view(G, -1)).flatten(-2)
+        y = (y * ln_weight.to(y.dtype).view(G, -1)
+             + ln_bias.to(y.dtype).view(G, -1)).flatten(-2)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y
 
 
@@ -100,18 +102,20 @@ def grouped_selective_scan_torch(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_w
     """PyTorch implementation (and test reference) of :func:`grouped_selective_scan`.
 
     Any state size: ``A`` is (G*d, N) (or (G*d,) for N = 1) and ``xdbl`` has
-    ``G*R + 2*G*N`` channels. Computed in fp32, returned in ``u``'s dtype.
+    ``G*R + 2*G*N`` channels. Computed in fp32 (in fp64 when ``u`` is fp64: the
+    reference of the long-sequence tests), returned in ``u``'s dtype.
     """
     dtype = u.dtype
+    compute = torch.promote_types(dtype, torch.float32)
     batch, H, W, GD = u.shape
     G, d, R = dt_weight.shape
-    A = A.float().reshape(GD, -1)
+    A = A.to(compute).reshape(GD, -1)
     N = A.shape[1]
-    us = arrange_groups(u, directions).float()                          # (B, Gd, L)
-    dtr, Bs, Cs = _split_xdbl(xdbl.float(), G, R, N, directions)
-    dt = torch.einsum('bgrl,gdr->bgdl', dtr, dt_weight.float()).reshape(batch, GD, -1)
+    us = arrange_groups(u, directions).to(compute)                      # (B, Gd, L)
+    dtr, Bs, Cs = _split_xdbl(xdbl.to(compute), G, R, N, directions)
+    dt = torch.einsum('bgrl,gdr->bgdl', dtr, dt_weight.to(compute)).reshape(batch, GD, -1)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()[None, :, None]
+        dt = dt + dt_bias.to(compute)[None, :, None]
     delta = F.softplus(dt)
     per_channel = lambda t: t[:, :, None].expand(-1, -1, d, -1, -1).reshape(  # noqa: E731
         batch, GD, N, -1).transpose(2, 3)                                  # (B, Gd, L, N)
@@ -120,7 +124,7 @@ def grouped_selective_scan_torch(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_w
     h = _linear_recurrence(log_a, bx, sequential=sequential)
     y = (h * per_channel(Cs)).sum(-1)
     if D is not None:
-        y = y + D.float()[None, :, None] * us
+        y = y + D.to(compute)[None, :, None] * us
     y = restore_groups(y, directions, (H, W))
     return _norm_and_gate(y, z, ln_weight, ln_bias, eps, G).to(dtype)
 

@@ -14,20 +14,28 @@ Two entry points share one pair of kernels:
 
 Design (``d_state = 1`` makes the state a scalar per channel):
 
-* one program scans one (batch, group) pair over the whole sequence for a block of
-  channels (all the group's channels when the LayerNorm is fused);
-* the sequence is walked in chunks of ``BLOCK_L`` positions; inside a chunk the linear
-  recurrence ``h_t = a_t h_(t-1) + b_t`` is one ``tl.associative_scan`` over
-  ``(a, b)`` pairs, the state entering the chunk is carried in registers;
+* a program scans one segment of the sequence of one (batch, group) pair for a block of
+  channels (all the group's channels when the LayerNorm is fused); the segment is walked
+  in chunks of ``BLOCK_L`` positions, inside a chunk the linear recurrence
+  ``h_t = a_t h_(t-1) + b_t`` is one ``tl.associative_scan`` over ``(a, b)`` pairs and
+  the state entering the chunk is carried in registers;
+* parallel along the sequence: where batch x groups x channel blocks are too few
+  programs to fill the GPU (detection and segmentation maps: batch 2, L up to several
+  hundred thousand), each sequence is cut into segments of whole chunks. A first launch
+  (``CARRY_PASS``) scans every segment but the last from a zero state and keeps only its
+  carry ``(prod a, h)``; the second folds the carries of the segments before it into its
+  entry state (``_entry_state``; the recurrence is associative) and writes the outputs.
+  One segment per sequence (classification batches) is the single launch of before;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
-  floats) for the backward, which walks the chunks in reverse, recomputes the chunk's
-  forward (states, LayerNorm statistics) from its entry state and runs the reverse
-  scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t`` with the state gradient carried across
-  chunks. Parameter gradients are reduced per program, then over the batch in PyTorch
-  (deterministic, no atomics).
+  floats) for the backward, which walks each segment's chunks in reverse, recomputes the
+  chunk's forward (states, LayerNorm statistics) from its entry state and runs the
+  reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t``; across segments the same two
+  launches as the forward carry the state gradient (``(prod alpha, s)`` per segment,
+  folded from the right by ``_exit_grad``). Parameter gradients are reduced per program,
+  then over batch and segments in PyTorch (deterministic, no atomics).
 """
-import os
+import functools
 
 import torch
 import triton
@@ -40,20 +48,17 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # Scan directions as the kernel knows them (see ``_token_index``).
 DIRECTION_CODES = {'row': 0, 'col': 1, 'row_rev': 2, 'col_rev': 3}
 
-# Launch tuning: elements of one (BLOCK_L, BLOCK_D) tile and elements per thread (which
-# sets the warps), forward and backward. The backward keeps about twice as many tiles
-# alive. Overridable through the environment or :func:`set_tuning`.
-TUNING = dict(
-    fwd_tile=int(os.environ.get('MMGM_SCAN_FWD_TILE', 2048)),
-    fwd_per_thread=int(os.environ.get('MMGM_SCAN_FWD_PER_THREAD', 16)),
-    bwd_tile=int(os.environ.get('MMGM_SCAN_BWD_TILE', 1024)),
-    bwd_per_thread=int(os.environ.get('MMGM_SCAN_BWD_PER_THREAD', 8)),
-)
+# Launch tuning, from sweeps on one H200 (``tools/analysis/benchmark.py --scan-sweep``):
+# elements of one (BLOCK_L, BLOCK_D) tile and elements per thread (which sets the warps),
+# forward and backward (the backward keeps about twice as many tiles alive), and the
+# programs per SM that the sequence is cut into segments for (``_segments``).
+TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
+              programs_per_sm=4)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``); returns the previous values."""
+    ``bwd_per_thread``, ``programs_per_sm``); returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -64,6 +69,8 @@ def set_tuning(**kwargs):
 
 # Largest channel block of one program; a fused LayerNorm needs a whole group in one.
 MAX_BLOCK_D = 512
+# Segment carries folded per step when a program computes its entry state.
+SEG_BLOCK = 16
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -114,7 +121,48 @@ def _delta(dl_base, w_ptr, pos, mask_l, c, j, mask_d, g, d, s_dl_l, s_dl_c, bias
     return v, delta
 
 
-@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_chunks'])
+@triton.jit
+def _entry_state(h, seg_a_ptr, seg_h_ptr, pid, pid_s, n_seg, d, j, mask_d,
+                 SEG_BLOCK: tl.constexpr):
+    """Fold the carries of segments ``0 .. pid_s - 1`` (each ``(prod a, h from 0)``, in
+    order) into the state entering segment ``pid_s``, ``SEG_BLOCK`` carries at a time."""
+    ss = tl.arange(0, SEG_BLOCK)
+    for base in range(0, pid_s, SEG_BLOCK):
+        s = base + ss
+        m = (s < pid_s)[:, None] & mask_d[None, :]
+        off = (pid * n_seg + s)[:, None] * d + j[None, :]
+        a_c, h_c = tl.associative_scan(
+            (tl.load(seg_a_ptr + off, mask=m, other=1.), tl.load(seg_h_ptr + off, mask=m,
+                                                                 other=0.)), 0, _combine)
+        last = ss[:, None] == SEG_BLOCK - 1
+        h = (tl.sum(tl.where(last, h_c, 0.), axis=0)
+             + tl.sum(tl.where(last, a_c, 0.), axis=0) * h)
+    return h
+
+
+@triton.jit
+def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
+               SEG_BLOCK: tl.constexpr):
+    """Fold the carries of segments ``n_seg - 1`` down to ``pid_s + 1`` (each ``(prod
+    alpha, s from 0)`` at the segment's first position) into the state gradient entering
+    segment ``pid_s`` from the right, ``SEG_BLOCK`` carries at a time."""
+    ss = tl.arange(0, SEG_BLOCK)
+    n_after = n_seg - 1 - pid_s
+    for base in range(0, n_after, SEG_BLOCK):
+        s = n_seg - base - SEG_BLOCK + ss          # the block ending ``base`` from the end
+        m = (s > pid_s)[:, None] & mask_d[None, :]
+        off = (pid * n_seg + s)[:, None] * d + j[None, :]
+        p_c, s_loc = tl.associative_scan(
+            (tl.load(seg_p_ptr + off, mask=m, other=1.), tl.load(seg_s_ptr + off, mask=m,
+                                                                 other=0.)), 0, _combine,
+            reverse=True)
+        first = ss[:, None] == 0
+        s_c = (tl.sum(tl.where(first, s_loc, 0.), axis=0)
+               + tl.sum(tl.where(first, p_c, 0.), axis=0) * s_c)
+    return s_c
+
+
+@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_chunks', 'seg_chunks', 'n_seg'])
 def _scan_fwd_kernel(
         u_ptr, s_u_b, s_u_l, s_u_c,
         dl_ptr, s_dl_b, s_dl_l, s_dl_c,
@@ -124,14 +172,19 @@ def _scan_fwd_kernel(
         z_ptr, s_z_b, s_z_l, s_z_c,
         lnw_ptr, lnb_ptr,
         out_ptr, s_o_b, s_o_l, s_o_c,
-        hs_ptr, dir_ptr,
-        L, H, W, d, n_chunks, eps,
+        hs_ptr, seg_a_ptr, seg_h_ptr, dir_ptr,
+        L, H, W, d, n_chunks, seg_chunks, n_seg, eps,
         G: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+        SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        SAVE_STATES: tl.constexpr):
+        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr):
+    """One (batch, group, channel block, segment) per program. ``CARRY_PASS``: scan the
+    segment from a zero state and store only its carry ``(prod a, h)``; otherwise start
+    from the earlier segments' carries and write the outputs."""
     pid = tl.program_id(0)          # batch * G + group
     pid_d = tl.program_id(1)        # channel block inside the group
+    pid_s = tl.program_id(2)        # segment of the sequence
     b = (pid // G).to(tl.int64)
     g = pid % G
     direction = tl.load(dir_ptr + g)
@@ -160,8 +213,16 @@ def _scan_fwd_kernel(
     o_base = out_ptr + b * s_o_b
 
     rows = tl.arange(0, BLOCK_L)
+    last_row = rows[:, None] == BLOCK_L - 1
     h = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    for k in range(n_chunks):
+    if CARRY_PASS:
+        a_seg = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
+    else:
+        h = _entry_state(h, seg_a_ptr, seg_h_ptr, pid, pid_s, n_seg, d, j, mask_d,
+                         SEG_BLOCK)
+    k_begin = pid_s * seg_chunks
+    k_end = tl.minimum(k_begin + seg_chunks, n_chunks)
+    for k in range(k_begin, k_end):
         seq = k * BLOCK_L + rows
         mask_l = seq < L
         pos = _token_index(seq, L, H, W, direction)
@@ -173,34 +234,41 @@ def _scan_fwd_kernel(
                           s_dl_c, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ, HAS_BIAS,
                           SOFTPLUS)
         Bv = tl.load(B_base + pos * s_B_l, mask=mask_l, other=0.).to(tl.float32)
-        Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
 
         a = tl.exp(delta * A[None, :])
         bx = delta * Bv[:, None] * u
         a_cum, h_loc = tl.associative_scan((a, bx), 0, _combine)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
-        h = tl.sum(tl.where(rows[:, None] == BLOCK_L - 1, hh, 0.), axis=0)
-        if SAVE_STATES:
-            tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
+        h = tl.sum(tl.where(last_row, hh, 0.), axis=0)
+        if CARRY_PASS:
+            a_seg *= tl.sum(tl.where(last_row, a_cum, 0.), axis=0)
+        else:
+            if SAVE_STATES:
+                tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
+            Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
+            y = hh * Cv[:, None]
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_NORM:
+                mean = tl.sum(y, axis=1) / d
+                diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
+                rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
+                y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]
+            if HAS_Z:
+                zv = tl.load(z_base + pos[:, None] * s_z_l + c[None, :] * s_z_c,
+                             mask=mask2, other=0.).to(tl.float32)
+                y = y * zv * tl.sigmoid(zv)
+            tl.store(o_base + pos[:, None] * s_o_l + c[None, :] * s_o_c,
+                     y.to(out_ptr.dtype.element_ty), mask=mask2)
+    if CARRY_PASS:
+        off = (pid * n_seg + pid_s) * d + j
+        tl.store(seg_a_ptr + off, a_seg, mask=mask_d)
+        tl.store(seg_h_ptr + off, h, mask=mask_d)
 
-        y = hh * Cv[:, None]
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_NORM:
-            mean = tl.sum(y, axis=1) / d
-            diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
-            rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
-            y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]
-        if HAS_Z:
-            zv = tl.load(z_base + pos[:, None] * s_z_l + c[None, :] * s_z_c, mask=mask2,
-                         other=0.).to(tl.float32)
-            y = y * zv * tl.sigmoid(zv)
-        tl.store(o_base + pos[:, None] * s_o_l + c[None, :] * s_o_c,
-                 y.to(out_ptr.dtype.element_ty), mask=mask2)
 
-
-@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_chunks', 'n_batch'])
+@triton.jit(do_not_specialize=['L', 'H', 'W', 'n_chunks', 'seg_chunks', 'n_seg',
+                               'seg_offset'])
 def _scan_bwd_kernel(
         u_ptr, s_u_b, s_u_l, s_u_c,
         dl_ptr, s_dl_b, s_dl_l, s_dl_c,
@@ -210,20 +278,27 @@ def _scan_bwd_kernel(
         z_ptr, s_z_b, s_z_l, s_z_c,
         lnw_ptr, lnb_ptr,
         go_ptr, s_go_b, s_go_l, s_go_c,
-        hs_ptr, dir_ptr,
+        hs_ptr, seg_p_ptr, seg_s_ptr, dir_ptr,
         du_ptr, s_du_b, s_du_l, s_du_c,
         ddl_ptr, s_ddl_b, s_ddl_l, s_ddl_c,
         dB_ptr, s_dB_k, s_dB_b, s_dB_l, s_dB_g,
         dC_ptr, s_dC_k, s_dC_b, s_dC_l, s_dC_g,
         dz_ptr, s_dz_b, s_dz_l, s_dz_c,
         dA_ptr, dD_ptr, dbias_ptr, dlnw_ptr, dlnb_ptr, dw_ptr,
-        L, H, W, d, n_chunks, n_batch, eps,
+        L, H, W, d, n_chunks, seg_chunks, n_seg, seg_offset, eps,
         G: tl.constexpr, R: tl.constexpr, BLOCK_R: tl.constexpr,
-        BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr):
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
+        CARRY_PASS: tl.constexpr):
+    """One (batch, group, channel block, segment) per program, walking the segment's
+    chunks backwards. ``CARRY_PASS``: run the reverse scan of the segment from a zero
+    gradient and store only its carry ``(prod alpha, s)`` at the segment's first
+    position; otherwise start from the later segments' carries and write the gradients
+    (parameter gradients as per-program partial sums)."""
     pid = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2) + seg_offset
     b = (pid // G).to(tl.int64)
     g = pid % G
     direction = tl.load(dir_ptr + g)
@@ -257,8 +332,14 @@ def _scan_bwd_kernel(
     dz_base = dz_ptr + b * s_dz_b
 
     rows = tl.arange(0, BLOCK_L)
+    first_row = rows[:, None] == 0
     rr = tl.arange(0, BLOCK_R)
     s_carry = tl.zeros((BLOCK_D, ), dtype=tl.float32)   # dL/dh entering from the right
+    if CARRY_PASS:
+        p_seg = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
+    else:
+        s_carry = _exit_grad(s_carry, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j,
+                             mask_d, SEG_BLOCK)
     acc_A = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     acc_D = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     acc_bias = tl.zeros((BLOCK_D, ), dtype=tl.float32)
@@ -266,8 +347,10 @@ def _scan_bwd_kernel(
     acc_lnb = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     acc_w = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
 
-    for kk in range(n_chunks):
-        k = n_chunks - 1 - kk
+    k_begin = pid_s * seg_chunks
+    k_end = tl.minimum(k_begin + seg_chunks, n_chunks)
+    for kk in range(k_begin, k_end):
+        k = k_begin + k_end - 1 - kk
         seq = k * BLOCK_L + rows
         mask_l = seq < L
         pos = _token_index(seq, L, H, W, direction)
@@ -307,14 +390,16 @@ def _scan_bwd_kernel(
                          other=0.).to(tl.float32)
             sz = tl.sigmoid(zv)
             gy = go * zv * sz
-            dz = go * yn * sz * (1. + zv * (1. - sz))
-            tl.store(dz_base + pos[:, None] * s_dz_l + c[None, :] * s_dz_c,
-                     dz.to(dz_ptr.dtype.element_ty), mask=mask2)
+            if not CARRY_PASS:
+                dz = go * yn * sz * (1. + zv * (1. - sz))
+                tl.store(dz_base + pos[:, None] * s_dz_l + c[None, :] * s_dz_c,
+                         dz.to(dz_ptr.dtype.element_ty), mask=mask2)
         else:
             gy = go
         if HAS_NORM:
-            acc_lnw += tl.sum(gy * xhat, axis=0)
-            acc_lnb += tl.sum(gy, axis=0)
+            if not CARRY_PASS:
+                acc_lnw += tl.sum(gy * xhat, axis=0)
+                acc_lnb += tl.sum(gy, axis=0)
             dxh = gy * lnw[None, :]
             m1 = tl.sum(dxh, axis=1) / d
             m2 = tl.sum(dxh * xhat, axis=1) / d
@@ -322,14 +407,6 @@ def _scan_bwd_kernel(
             dy = tl.where(mask2, dy, 0.)
         else:
             dy = gy
-
-        # ---- y = C h + D u
-        tl.store(dC_base + pos * s_dC_l, tl.sum(dy * hh, axis=1), mask=mask_l)
-        if HAS_D:
-            acc_D += tl.sum(dy * u, axis=0)
-            du = dy * Dv[None, :]
-        else:
-            du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
 
         # ---- reverse scan s_t = a_(t+1) s_(t+1) + C_t dy_t, carried across chunks
         l1 = seq + 1
@@ -342,48 +419,63 @@ def _scan_bwd_kernel(
         e = dy * Cv[:, None]
         a_rcum, s_loc = tl.associative_scan((alpha, e), 0, _combine, reverse=True)
         s = s_loc + a_rcum * s_carry[None, :]
-        s_carry = tl.sum(tl.where(rows[:, None] == 0, s, 0.), axis=0)
-
-        # ---- h_t = a_t h_(t-1) + delta_t B_t u_t, a_t = exp(delta_t A)
-        ah = hh - bx                                   # a_t h_(t-1)
-        du += s * delta * Bv[:, None]
-        tl.store(du_base + pos[:, None] * s_du_l + c[None, :] * s_du_c,
-                 du.to(du_ptr.dtype.element_ty), mask=mask2)
-        tl.store(dB_base + pos * s_dB_l, tl.sum(s * delta * u, axis=1), mask=mask_l)
-        acc_A += tl.sum(s * ah * delta, axis=0)
-        ddelta = s * (Bv[:, None] * u + ah * A[None, :])
-        if SOFTPLUS:
-            dv = ddelta * tl.sigmoid(v)
+        s_carry = tl.sum(tl.where(first_row, s, 0.), axis=0)
+        if CARRY_PASS:
+            p_seg *= tl.sum(tl.where(first_row, a_rcum, 0.), axis=0)
         else:
-            dv = ddelta
-        dv = tl.where(mask2, dv, 0.)
+            # ---- y = C h + D u
+            tl.store(dC_base + pos * s_dC_l, tl.sum(dy * hh, axis=1), mask=mask_l)
+            if HAS_D:
+                acc_D += tl.sum(dy * u, axis=0)
+                du = dy * Dv[None, :]
+            else:
+                du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+
+            # ---- h_t = a_t h_(t-1) + delta_t B_t u_t, a_t = exp(delta_t A)
+            ah = hh - bx                                   # a_t h_(t-1)
+            du += s * delta * Bv[:, None]
+            tl.store(du_base + pos[:, None] * s_du_l + c[None, :] * s_du_c,
+                     du.to(du_ptr.dtype.element_ty), mask=mask2)
+            tl.store(dB_base + pos * s_dB_l, tl.sum(s * delta * u, axis=1), mask=mask_l)
+            acc_A += tl.sum(s * ah * delta, axis=0)
+            ddelta = s * (Bv[:, None] * u + ah * A[None, :])
+            if SOFTPLUS:
+                dv = ddelta * tl.sigmoid(v)
+            else:
+                dv = ddelta
+            dv = tl.where(mask2, dv, 0.)
+            if HAS_BIAS:
+                acc_bias += tl.sum(dv, axis=0)
+            if HAS_DT_PROJ:
+                for r in tl.static_range(R):
+                    xr = tl.load(dl_base + pos * s_dl_l + (g * R + r) * s_dl_c,
+                                 mask=mask_l, other=0.).to(tl.float32)
+                    wr = tl.load(w_ptr + (g * d + j) * R + r, mask=mask_d, other=0.)
+                    tl.store(ddl_base + pos * s_ddl_l + (g * R + r) * s_ddl_c,
+                             tl.sum(dv * wr[None, :], axis=1), mask=mask_l)
+                    acc_w += tl.where(rr[:, None] == r,
+                                      tl.sum(dv * xr[:, None], axis=0)[None, :], 0.)
+            else:
+                tl.store(ddl_base + pos[:, None] * s_ddl_l + c[None, :] * s_ddl_c,
+                         dv.to(ddl_ptr.dtype.element_ty), mask=mask2)
+
+    part = (pid * n_seg + pid_s) * d + j
+    if CARRY_PASS:
+        tl.store(seg_p_ptr + part, p_seg, mask=mask_d)
+        tl.store(seg_s_ptr + part, s_carry, mask=mask_d)
+    else:
+        # per-program partial sums of the parameter gradients, (batch * G, n_seg, d) each
+        tl.store(dA_ptr + part, acc_A, mask=mask_d)
+        if HAS_D:
+            tl.store(dD_ptr + part, acc_D, mask=mask_d)
         if HAS_BIAS:
-            acc_bias += tl.sum(dv, axis=0)
+            tl.store(dbias_ptr + part, acc_bias, mask=mask_d)
+        if HAS_NORM:
+            tl.store(dlnw_ptr + part, acc_lnw, mask=mask_d)
+            tl.store(dlnb_ptr + part, acc_lnb, mask=mask_d)
         if HAS_DT_PROJ:
-            for r in tl.static_range(R):
-                xr = tl.load(dl_base + pos * s_dl_l + (g * R + r) * s_dl_c, mask=mask_l,
-                             other=0.).to(tl.float32)
-                wr = tl.load(w_ptr + (g * d + j) * R + r, mask=mask_d, other=0.)
-                tl.store(ddl_base + pos * s_ddl_l + (g * R + r) * s_ddl_c,
-                         tl.sum(dv * wr[None, :], axis=1), mask=mask_l)
-                acc_w += tl.where(rr[:, None] == r,
-                                  tl.sum(dv * xr[:, None], axis=0)[None, :], 0.)
-        else:
-            tl.store(ddl_base + pos[:, None] * s_ddl_l + c[None, :] * s_ddl_c,
-                     dv.to(ddl_ptr.dtype.element_ty), mask=mask2)
-
-    # per-program partial sums of the parameter gradients, (batch * G, d) each
-    tl.store(dA_ptr + pid * d + j, acc_A, mask=mask_d)
-    if HAS_D:
-        tl.store(dD_ptr + pid * d + j, acc_D, mask=mask_d)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + pid * d + j, acc_bias, mask=mask_d)
-    if HAS_NORM:
-        tl.store(dlnw_ptr + pid * d + j, acc_lnw, mask=mask_d)
-        tl.store(dlnb_ptr + pid * d + j, acc_lnb, mask=mask_d)
-    if HAS_DT_PROJ:
-        tl.store(dw_ptr + (pid * d + j[None, :]) * R + rr[:, None], acc_w,
-                 mask=(rr[:, None] < R) & mask_d[None, :])
+            tl.store(dw_ptr + part[None, :] * R + rr[:, None], acc_w,
+                     mask=(rr[:, None] < R) & mask_d[None, :])
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -398,6 +490,34 @@ def _block_l(length: int, block_d: int, training: bool, override=None):
         return int(override)
     tile = TUNING['bwd_tile'] if training else TUNING['fwd_tile']
     return max(16, min(tile // block_d, 1024, _next_pow2(length)))
+
+
+@functools.lru_cache(None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def segments_for(n_chunks: int, programs: int, sm_count: int) -> int:
+    """How many segments each sequence is cut into: enough that about ``programs_per_sm``
+    programs run per SM, never more segments than chunks. Batch 128 at 56 x 56 (512
+    programs on an H200's 132 SMs) keeps one segment, the single launch; batch 2 at
+    200 x 336 (8 programs) gets 66 segments of 8 chunks."""
+    return min(n_chunks, max(1, TUNING['programs_per_sm'] * sm_count // programs))
+
+
+def _segments(n_chunks: int, programs: int, device, override=None):
+    """``(segments per sequence, chunks per segment)`` (``override``: chunks per
+    segment)."""
+    if override:
+        seg_chunks = max(1, int(override))
+    else:
+        if device.type == 'cuda':
+            sms = _sm_count(device.index if device.index is not None
+                            else torch.cuda.current_device())
+        else:  # the interpreter: one "SM"
+            sms = 1
+        seg_chunks = triton.cdiv(n_chunks, segments_for(n_chunks, programs, sms))
+    return triton.cdiv(n_chunks, seg_chunks), seg_chunks
 
 
 def _token_strides(t: torch.Tensor):
@@ -416,6 +536,11 @@ def _tokens(t: torch.Tensor):
         return t, _token_strides(t)
 
 
+def _seq_strides(t: torch.Tensor):
+    """(batch, dim, L) read as (batch, tokens, channels): strides (b, l, c)."""
+    return t.stride(0), t.stride(2), t.stride(1)
+
+
 def _check_device(*tensors):
     for t in tensors:
         if t is not None and not t.is_cuda and not triton_interpreting():
@@ -426,33 +551,48 @@ def _check_device(*tensors):
 class _Cfg:
     """Everything both kernels need besides the tensors."""
 
-    def __init__(self, L, H, W, d, G, R, eps, block_l, block_d, has_dt_proj, has_bias,
-                 softplus, has_d, has_z, has_norm):
-        self.L, self.H, self.W, self.d, self.G, self.R, self.eps = L, H, W, d, G, R, eps
+    def __init__(self, batch, L, H, W, d, G, R, eps, block_l, block_d, device, flags,
+                 seg_chunks=None):
+        self.batch, self.L, self.H, self.W = batch, L, H, W
+        self.d, self.G, self.R, self.eps = d, G, R, eps
         self.block_l, self.block_d = block_l, block_d
         self.n_chunks = triton.cdiv(L, block_l)
         self.n_dblocks = triton.cdiv(d, block_d)
-        self.flags = dict(HAS_DT_PROJ=has_dt_proj, HAS_BIAS=has_bias, SOFTPLUS=softplus,
-                          HAS_D=has_d, HAS_Z=has_z, HAS_NORM=has_norm)
+        self.programs = batch * G                     # grid axis 0: (batch, group)
+        self.n_seg, self.seg_chunks = _segments(
+            self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
+        self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
+
+    def meta(self, per_thread):
+        return dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
+                    BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
+                    num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
+
+    def sizes(self):
+        return (self.L, self.H, self.W, self.d, self.n_chunks, self.seg_chunks,
+                self.n_seg)
+
+    def grid(self, segments):
+        return self.programs, self.n_dblocks, segments
 
 
-def _forward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, lnw, lnb,
-             out, so, dirs, save_states):
-    dummy = A
-    hs = (torch.empty(batch * cfg.G, cfg.n_chunks, cfg.d, device=u.device,
-                      dtype=torch.float32) if save_states else dummy)
-    grid = (batch * cfg.G, cfg.n_dblocks)
-    _scan_fwd_kernel[grid](
-        u, *su, dl, *sdl, w if w is not None else dummy,
-        bias if bias is not None else dummy, A, D if D is not None else dummy,
-        Bt, *sB, Ct, *sC, z if z is not None else dummy, *sz,
-        lnw if lnw is not None else dummy, lnb if lnb is not None else dummy,
-        out, *so, hs, dirs,
-        cfg.L, cfg.H, cfg.W, cfg.d, cfg.n_chunks, cfg.eps,
-        G=cfg.G, R=cfg.R, BLOCK_L=cfg.block_l, BLOCK_D=cfg.block_d,
-        SAVE_STATES=save_states,
-        num_warps=_warps(cfg.block_l, cfg.block_d, TUNING['fwd_per_thread']), **cfg.flags)
-    return hs
+class _Operands:
+    """What both kernels read: the token maps with their (batch, token, channel) strides
+    and the per-channel parameters (fp32, contiguous); ``None`` where a feature is off."""
+
+    def __init__(self, u, su, dl, sdl, w, bias, A, D, B, sB, C, sC, z=None,
+                 sz=(0, 0, 0), lnw=None, lnb=None):
+        self.u, self.su, self.dl, self.sdl = u, su, dl, sdl
+        self.w, self.bias, self.A, self.D = w, bias, A, D
+        self.B, self.sB, self.C, self.sC = B, sB, C, sC
+        self.z, self.sz, self.lnw, self.lnb = z, sz, lnw, lnb
+
+    def kernel_args(self):
+        def t(x):  # unused pointers still need a tensor
+            return self.A if x is None else x
+        return [self.u, *self.su, self.dl, *self.sdl, t(self.w), t(self.bias), self.A,
+                t(self.D), self.B, *self.sB, self.C, *self.sC, t(self.z), *self.sz,
+                t(self.lnw), t(self.lnb)]
 
 
 def _warps(block_l, block_d, per_thread):
@@ -461,41 +601,60 @@ def _warps(block_l, block_d, per_thread):
     return max(1, min(16, block_l * block_d // (32 * per_thread)))
 
 
-def _backward(cfg, batch, u, su, dl, sdl, w, bias, A, D, Bt, sB, Ct, sC, z, sz, lnw, lnb,
-              go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC, dz, sdz):
-    dev = u.device
-    f32 = dict(device=dev, dtype=torch.float32)
-    n = batch * cfg.G * cfg.d
-    dA = torch.empty(n, **f32)
-    dD = torch.empty(n, **f32) if D is not None else dA
-    dbias = torch.empty(n, **f32) if bias is not None else dA
-    dlnw = torch.empty(n, **f32) if lnw is not None else dA
-    dlnb = torch.empty(n, **f32) if lnb is not None else dA
-    dw = torch.empty(n * cfg.R, **f32) if w is not None else dA
-    dummy = A
-    grid = (batch * cfg.G, cfg.n_dblocks)
-    _scan_bwd_kernel[grid](
-        u, *su, dl, *sdl, w if w is not None else dummy,
-        bias if bias is not None else dummy, A, D if D is not None else dummy,
-        Bt, *sB, Ct, *sC, z if z is not None else dummy, *sz,
-        lnw if lnw is not None else dummy, lnb if lnb is not None else dummy,
-        go, *sgo, hs, dirs,
-        du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC,
-        dz if dz is not None else dummy, *sdz,
-        dA, dD, dbias, dlnw, dlnb, dw,
-        cfg.L, cfg.H, cfg.W, cfg.d, cfg.n_chunks, batch, cfg.eps,
-        G=cfg.G, R=max(cfg.R, 1), BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))),
-        BLOCK_L=cfg.block_l, BLOCK_D=cfg.block_d,
-        num_warps=_warps(cfg.block_l, cfg.block_d, TUNING['bwd_per_thread']), **cfg.flags)
+def _forward(cfg, ops, out, so, dirs, save_states):
+    """Launch the forward (a carry pass first when the sequence is cut into segments);
+    returns the chunk-end states for the backward (or a placeholder)."""
+    f32 = dict(device=ops.u.device, dtype=torch.float32)
+    hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
+          else ops.A)
+    seg_a = seg_h = ops.A
+    head = ops.kernel_args() + [out, *so, hs]
+    meta = cfg.meta(TUNING['fwd_per_thread'])
+    if cfg.n_seg > 1:
+        seg_a = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
+        seg_h = torch.empty_like(seg_a)
+        _scan_fwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the last segment's carry is unused
+            *head, seg_a, seg_h, dirs, *cfg.sizes(), cfg.eps, SAVE_STATES=False,
+            CARRY_PASS=True, **meta)
+    _scan_fwd_kernel[cfg.grid(cfg.n_seg)](
+        *head, seg_a, seg_h, dirs, *cfg.sizes(), cfg.eps, SAVE_STATES=save_states,
+        CARRY_PASS=False, **meta)
+    return hs
 
-    def total(t):
-        return t.view(batch, -1).sum(0)
 
-    return dict(A=total(dA), D=total(dD) if D is not None else None,
-                bias=total(dbias) if bias is not None else None,
-                lnw=total(dlnw) if lnw is not None else None,
-                lnb=total(dlnb) if lnb is not None else None,
-                w=dw.view(batch, cfg.G, cfg.d, cfg.R).sum(0) if w is not None else None)
+def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC, dz,
+              sdz):
+    """Launch the backward (a carry pass first when the sequence is cut into segments);
+    returns the parameter gradients summed over batch and segments."""
+    f32 = dict(device=ops.u.device, dtype=torch.float32)
+    # per-program partial sums of each parameter gradient: (batch * G, n_seg, d[, R])
+    partial_sums = {name: torch.empty(cfg.programs, cfg.n_seg, cfg.d, *extra, **f32)
+                    for name, present, extra in (
+                        ('A', True, ()), ('D', ops.D is not None, ()),
+                        ('bias', ops.bias is not None, ()), ('lnw', ops.lnw is not None, ()),
+                        ('lnb', ops.lnb is not None, ()), ('w', ops.w is not None, (cfg.R, )))
+                    if present}
+    out = [partial_sums.get(name, partial_sums['A'])
+           for name in ('A', 'D', 'bias', 'lnw', 'lnb', 'w')]
+    seg_p = seg_s = ops.A
+    head = ops.kernel_args() + [go, *sgo, hs]
+    tail = [dirs, du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC,
+            ops.A if dz is None else dz, *sdz, *out]
+    meta = cfg.meta(TUNING['bwd_per_thread'])
+    meta['BLOCK_R'] = max(2, _next_pow2(max(cfg.R, 1)))
+    if cfg.n_seg > 1:
+        seg_p = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
+        seg_s = torch.empty_like(seg_p)
+        _scan_bwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the first segment's carry is unused
+            *head, seg_p, seg_s, *tail, *cfg.sizes(), 1, cfg.eps, CARRY_PASS=True, **meta)
+    _scan_bwd_kernel[cfg.grid(cfg.n_seg)](
+        *head, seg_p, seg_s, *tail, *cfg.sizes(), 0, cfg.eps, CARRY_PASS=False, **meta)
+    # summed over batch and segments: (G * d,) per channel, (G, d, R) for the dt weight
+    grads = dict.fromkeys(('A', 'D', 'bias', 'lnw', 'lnb', 'w'))
+    for name, t in partial_sums.items():
+        t = t.view(cfg.batch, cfg.G, cfg.n_seg, *t.shape[2:]).sum((0, 2))
+        grads[name] = t if name == 'w' else t.reshape(-1)
+    return grads
 
 
 _DIRS_CACHE = {}
@@ -509,11 +668,24 @@ def _direction_tensor(directions, device):
     return _DIRS_CACHE[key]
 
 
+def _flags(has_dt_proj, has_bias, softplus, has_d, has_z, has_norm):
+    return dict(HAS_DT_PROJ=has_dt_proj, HAS_BIAS=has_bias, SOFTPLUS=softplus,
+                HAS_D=has_d, HAS_Z=has_z, HAS_NORM=has_norm)
+
+
 # ------------------------------------------------------------------- generic contract
+def _generic_operands(u, delta, A1, B, C, D1, bias1):
+    # B and C are (batch, 1, L): one value per token, the same for every channel
+    sBC = lambda t: (t.stride(0), t.stride(2), 0)  # noqa: E731
+    return _Operands(u, _seq_strides(u), delta, _seq_strides(delta), None, bias1, A1, D1,
+                     B, sBC(B), C, sBC(C))
+
+
 class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, block_l):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, block_l,
+                seg_chunks):
         batch, dim, L = u.shape
         block_d = min(64, max(16, _next_pow2(dim)))
         save = any(ctx.needs_input_grad[:7])
@@ -521,19 +693,15 @@ class _SelectiveScanFn(torch.autograd.Function):
         A1 = A.reshape(dim).float().contiguous()
         D1 = None if D is None else D.float().contiguous()
         bias1 = None if delta_bias is None else delta_bias.float().contiguous()
-        cfg = _Cfg(L, 1, L, dim, 1, 0, 0., block_l, block_d, False, bias1 is not None,
-                   bool(delta_softplus), D1 is not None, False, False)
+        cfg = _Cfg(batch, L, 1, L, dim, 1, 0, 0., block_l, block_d, u.device,
+                   _flags(False, bias1 is not None, bool(delta_softplus), D1 is not None,
+                          False, False), seg_chunks)
         out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
         dirs = _direction_tensor((0, ), u.device)
-        # (batch, dim, L) read as (batch, tokens, channels): strides (b, l, c)
-        s3 = lambda t: (t.stride(0), t.stride(2), t.stride(1))  # noqa: E731
-        sBC = lambda t: (t.stride(0), t.stride(2), 0)  # noqa: E731
-        hs = _forward(cfg, batch, u, s3(u), delta, s3(delta), None, bias1, A1, D1, B,
-                      sBC(B), C, sBC(C), None, (0, 0, 0), None, None, out, s3(out), dirs,
-                      save)
-        ctx.cfg, ctx.dims = cfg, (batch, dim, L)
+        ops = _generic_operands(u, delta, A1, B, C, D1, bias1)
+        hs = _forward(cfg, ops, out, _seq_strides(out), dirs, save)
+        ctx.cfg = cfg
         ctx.save_for_backward(u, delta, A1, B, C, D1, bias1, hs)
-        ctx.has = (D is not None, delta_bias is not None)
         ctx.dtypes = (B.dtype, C.dtype, A.dtype, A.shape)
         return out
 
@@ -541,34 +709,32 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         u, delta, A1, B, C, D1, bias1, hs = ctx.saved_tensors
         cfg = ctx.cfg
-        batch, dim, L = ctx.dims
-        s3 = lambda t: (t.stride(0), t.stride(2), t.stride(1))  # noqa: E731
-        sBC = lambda t: (t.stride(0), t.stride(2), 0)  # noqa: E731
+        batch, L = cfg.batch, cfg.L
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
         ddelta = torch.empty_like(delta, memory_format=torch.contiguous_format)
-        kb = cfg.n_dblocks
-        dB = torch.empty(kb, batch, L, device=u.device, dtype=torch.float32)
+        dB = torch.empty(cfg.n_dblocks, batch, L, device=u.device, dtype=torch.float32)
         dC = torch.empty_like(dB)
         sred = (batch * L, L, 1, 0)
         dirs = _direction_tensor((0, ), u.device)
-        grads = _backward(cfg, batch, u, s3(u), delta, s3(delta), None, bias1, A1, D1, B,
-                          sBC(B), C, sBC(C), None, (0, 0, 0), None, None, grad_out,
-                          s3(grad_out), hs, dirs, du, s3(du), ddelta, s3(ddelta),
-                          dB, sred, dC, sred, None, (0, 0, 0))
+        grads = _backward(cfg, _generic_operands(u, delta, A1, B, C, D1, bias1), grad_out,
+                          _seq_strides(grad_out), hs, dirs, du, _seq_strides(du), ddelta,
+                          _seq_strides(ddelta), dB, sred, dC, sred, None, (0, 0, 0))
         b_dtype, c_dtype, a_dtype, a_shape = ctx.dtypes
         dB = dB.sum(0).unsqueeze(1).to(b_dtype)
         dC = dC.sum(0).unsqueeze(1).to(c_dtype)
         dA = grads['A'].view(a_shape).to(a_dtype)
-        return (du, ddelta, dA, dB, dC, grads['D'], grads['bias'], None, None)
+        return (du, ddelta, dA, dB, dC, grads['D'], grads['bias'], None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True,
-                          _block_l=None):
+                          _block_l=None, _seg_chunks=None):
     """Selective scan with the contract of :func:`mmgroupmamba.ops.selective_scan`.
 
     Args:
         u, delta: (batch, dim, L), any float dtype (computed in fp32).
         A: (dim, 1). B, C: (batch, 1, L). D, delta_bias: (dim,) or None.
+        _block_l, _seg_chunks: chunk length and chunks per segment instead of the tuned
+            choice (tests).
 
     Returns:
         (batch, dim, L) in ``u``'s dtype.
@@ -589,43 +755,45 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
                              f'got {tuple(t.shape)}.')
     _check_device(u, delta, A, B, C, D, delta_bias)
     return apply_function(_SelectiveScanFn, u, delta, A, B, C, D, delta_bias,
-                          delta_softplus, _block_l)
+                          delta_softplus, _block_l, _seg_chunks)
 
 
 # --------------------------------------------------------------- fused GroupMamba layer
+def _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R):
+    # xdbl per token: G * R values of dt_r, then the G values of B, then the G of C
+    sx = _token_strides(xdbl)
+    return _Operands(u, _token_strides(u), xdbl, sx, w, bias, A1, D1, xdbl[..., G * R:], sx,
+                     xdbl[..., G * R + G:], sx, z,
+                     _token_strides(z) if z is not None else (0, 0, 0), lnw, lnb)
+
+
 class _GroupedScanFn(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, u, xdbl, z, dt_weight, dt_bias, A, D, ln_weight, ln_bias, eps,
-                directions, block_l):
+                directions, block_l, seg_chunks):
         batch, H, W, GD = u.shape
         G, d, R = dt_weight.shape
         L = H * W
         block_d = max(16, _next_pow2(d))
         save = any(ctx.needs_input_grad)
         block_l = _block_l(L, block_d, save, block_l)
-        u, su = _tokens(u)
-        xdbl, sx = _tokens(xdbl)
+        u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
         if z is not None:
-            z, sz = _tokens(z)
-        else:
-            sz = (0, 0, 0)
+            z = _tokens(z)[0]
         w = dt_weight.float().contiguous()
-        prm = [None if t is None else t.float().contiguous()
-               for t in (dt_bias, A, D, ln_weight, ln_bias)]
-        bias, A1, D1, lnw, lnb = prm
-        cfg = _Cfg(L, H, W, d, G, R, float(eps), block_l, block_d, True, bias is not None,
-                   True, D1 is not None, z is not None, lnw is not None)
+        bias, A1, D1, lnw, lnb = [None if t is None else t.float().contiguous()
+                                  for t in (dt_bias, A, D, ln_weight, ln_bias)]
+        cfg = _Cfg(batch, L, H, W, d, G, R, float(eps), block_l, block_d, u.device,
+                   _flags(True, bias is not None, True, D1 is not None, z is not None,
+                          lnw is not None), seg_chunks)
         dirs = _direction_tensor(directions, u.device)
         out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
-        sB = (sx[0], sx[1], sx[2])
-        hs = _forward(cfg, batch, u, su, xdbl, sx, w, bias, A1, D1,
-                      xdbl[..., G * R:], sB, xdbl[..., G * R + G:], sB, z, sz, lnw, lnb,
-                      out, _token_strides(out), dirs, save)
+        ops = _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R)
+        hs = _forward(cfg, ops, out, _token_strides(out), dirs, save)
         ctx.cfg = cfg
-        ctx.meta = (batch, H, W, GD, directions, dt_weight.dtype, xdbl.dtype)
-        ctx.has = [t is not None for t in (z, dt_bias, D, ln_weight, ln_bias)]
+        ctx.meta = (directions, dt_weight.dtype, xdbl.dtype)
         ctx.save_for_backward(u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs)
         return out
 
@@ -634,36 +802,32 @@ class _GroupedScanFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs = ctx.saved_tensors
         cfg = ctx.cfg
-        batch, H, W, GD, directions, w_dtype, x_dtype = ctx.meta
+        directions, w_dtype, x_dtype = ctx.meta
         G, R = cfg.G, cfg.R
         grad_out, sgo = _tokens(grad_out)
-        su, sx = _token_strides(u), _token_strides(xdbl)
-        sz = _token_strides(z) if z is not None else (0, 0, 0)
-        du = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
-        dz = torch.empty_like(du, dtype=z.dtype) if z is not None else None
-        dx = torch.empty(batch, H, W, xdbl.shape[-1], device=u.device,
-                         dtype=torch.float32)
+        du = torch.empty_like(u, memory_format=torch.contiguous_format)
+        dz = (torch.empty_like(z, memory_format=torch.contiguous_format)
+              if z is not None else None)
+        dx = torch.empty(*xdbl.shape, device=u.device, dtype=torch.float32)
         sdx = _token_strides(dx)
         sBd = (0, sdx[0], sdx[1], sdx[2])
         dirs = _direction_tensor(directions, u.device)
-        grads = _backward(cfg, batch, u, su, xdbl, sx, w, bias, A1, D1,
-                          xdbl[..., G * R:], sx, xdbl[..., G * R + G:], sx, z, sz, lnw,
-                          lnb, grad_out, sgo, hs, dirs, du, _token_strides(du), dx, sdx,
-                          dx[..., G * R:], sBd, dx[..., G * R + G:], sBd,
+        ops = _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R)
+        grads = _backward(cfg, ops, grad_out, sgo, hs, dirs, du, _token_strides(du), dx,
+                          sdx, dx[..., G * R:], sBd, dx[..., G * R + G:], sBd,
                           dz, _token_strides(dz) if dz is not None else (0, 0, 0))
-        has_z, has_bias, has_d, has_lnw, has_lnb = ctx.has
         return (du, dx.to(x_dtype), dz, grads['w'].to(w_dtype),
-                grads['bias'] if has_bias else None, grads['A'],
-                grads['D'] if has_d else None, grads['lnw'] if has_lnw else None,
-                grads['lnb'] if has_lnb else None, None, None, None)
+                grads['bias'], grads['A'], grads['D'], grads['lnw'], grads['lnb'], None,
+                None, None, None)
 
 
 @torch.compiler.disable
 def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                                   ln_weight=None, ln_bias=None, eps=1e-5,
                                   directions=('row', 'col', 'row_rev', 'col_rev'),
-                                  _block_l=None):
-    """All groups of a GroupMamba layer in one launch (``d_state = 1``).
+                                  _block_l=None, _seg_chunks=None):
+    """All groups of a GroupMamba layer in one launch (two for long sequences),
+    ``d_state = 1``.
 
     Args:
         u: (B, H, W, G*d) channels-last map after the depthwise conv and SiLU; group k
@@ -675,6 +839,8 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
         ln_weight, ln_bias: (G*d,) per-group ``out_norm`` affine (LayerNorm over each
             group's d channels, ``eps``) or None for no norm.
         directions: one of ``row``, ``col``, ``row_rev``, ``col_rev`` per group.
+        _block_l, _seg_chunks: chunk length and chunks per segment instead of the tuned
+            choice (tests).
 
     Returns:
         (B, H, W, G*d) in ``u``'s dtype, in H x W order:
@@ -696,4 +862,5 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                          f'by the fused kernel (got {d}).')
     _check_device(u, xdbl, z)
     return apply_function(_GroupedScanFn, u, xdbl, z, dt_weight, dt_bias, A.reshape(-1),
-                          D, ln_weight, ln_bias, eps, tuple(directions), _block_l)
+                          D, ln_weight, ln_bias, eps, tuple(directions), _block_l,
+                          _seg_chunks)

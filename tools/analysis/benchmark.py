@@ -26,6 +26,18 @@ moves with the host CPU; the graph measures what the GPU work costs. ``--graph-b
 adds rows with the backbone's own ``cuda_graph=True`` (its forward and backward graphed,
 head, loss and optimizer eager), the setting users have; baselines stay eager unless
 ``--cuda-graph``.
+
+Detection and segmentation shapes: ``--img-size H W`` (non-square), ``--backbone-only``
+(the backbone's four NCHW stage outputs as mmdet / mmseg call it, loss = sum of their
+means, against timm's ConvNeXt-T / Swin-T with ``features_only=True``, Swin-T built for
+the input size), and ``--dense``: the three shapes of our users' jobs (Mask R-CNN 1x:
+2 x 800x1344; UperNet: 2 x 512x512 and 16 x 512x512), training step and inference, bf16
+autocast, backbone only, GroupMamba eager and with ``cuda_graph=True``, the baselines
+eager, in one process; the table is in ms per step with ratios to Swin-T / ConvNeXt-T.
+With ``--profile`` each dense GroupMamba row's top kernels and the share of the
+selective scan in its GPU time are printed.
+
+    python tools/analysis/benchmark.py --dense --profile
 """
 import argparse
 import contextlib
@@ -44,6 +56,9 @@ sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 # The issue's numbers for the released implementation (one H200, batch 128, 224x224).
 RELEASED_H200 = {('infer', 'fp32'): 1428, ('infer', 'amp'): 1585, ('train', 'amp'): 338}
 TIMM_BASELINES = {'ConvNeXt-T': 'convnext_tiny', 'Swin-T': 'swin_tiny_patch4_window7_224'}
+# (batch, H, W) of --dense: Mask R-CNN 1x (1333x800 padded to 32, 2 per GPU), UperNet
+# (512x512 crops, 2 per GPU; and 16, one node's batch on one GPU).
+DENSE_SHAPES = [(2, 800, 1344), (2, 512, 512), (16, 512, 512)]
 
 
 # ----------------------------------------------------------------------------- models
@@ -109,6 +124,23 @@ class _PlainHead(nn.Module):
         return (cls_score, dist_score) if self.training else (cls_score + dist_score) / 2
 
 
+class Backbone(nn.Module):
+    """The backbone as mmdet / mmseg call it (the Mask R-CNN config's settings): the four
+    NCHW stage outputs."""
+
+    def __init__(self, arch, with_cp=False, ffn_cp=False):
+        super().__init__()
+        from mmgroupmamba.models import GroupMamba
+        self.backbone = GroupMamba(arch, out_indices=(0, 1, 2, 3), final_norm=True,
+                                   drop_path_rate=0.2, norm_eval=True, with_cp=with_cp,
+                                   ffn_cp=ffn_cp)
+        with _quiet_mmengine():
+            self.backbone.init_weights()
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
 class _ConfigModel(nn.Module):
     """A model built from a config, called in ``mode='tensor'``."""
 
@@ -135,6 +167,8 @@ def _arch(args):
 def build_ours(args):
     if args.config:
         return _ConfigModel(args.config)
+    if args.backbone_only:
+        return Backbone(_arch(args), with_cp=args.with_cp, ffn_cp=args.ffn_cp)
     return Classifier(_arch(args), with_cp=args.with_cp, ffn_cp=args.ffn_cp)
 
 
@@ -193,13 +227,15 @@ def _autocast(device, precision, amp_dtype):
 
 
 def _loss(out, target):
+    if isinstance(out, (tuple, list)) and out[0].dim() == 4:  # a backbone's feature maps
+        return sum(o.float().mean() for o in out)
     if isinstance(out, (tuple, list)):  # class and distillation heads
         return sum(F.cross_entropy(o.float(), target) for o in out) / len(out)
     return F.cross_entropy(out.float(), target)
 
 
 def make_step(model, mode, precision, args, device):
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    x = torch.randn(args.batch_size, 3, *args.img_size, device=device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     amp_dtype = torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
@@ -264,11 +300,20 @@ def measure(step, device, warmup, iters, batch, reset_peak=True):
     return batch * iters / elapsed, peak
 
 
-def profile(step, device, rows, label):
+def _device_us(event):
+    for key in ('self_device_time_total', 'self_cuda_time_total'):
+        if hasattr(event, key):
+            return getattr(event, key)
+    return 0.
+
+
+def profile(step, device, rows, label, steps=3):
+    """Print the top GPU kernels of ``steps`` steps; returns the kernels' GPU time per
+    step and the share of the selective-scan kernels in it."""
     from torch.profiler import ProfilerActivity, profile as tprofile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with tprofile(activities=acts) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         _sync(device)
     events = prof.key_averages()
@@ -278,7 +323,18 @@ def profile(step, device, rows, label):
             break
         except Exception:  # older/newer torch name the column differently
             continue
-    print(f'\n--- profile: {label} (3 steps, sorted by self GPU time) ---\n{table}')
+    print(f'\n--- profile: {label} ({steps} steps, sorted by self GPU time) ---\n{table}')
+    # kernels only (CPU operators' device time is the same kernels counted again)
+    kernels = [e for e in events if str(getattr(e, 'device_type', '')).endswith('CUDA')]
+    total = sum(_device_us(e) for e in kernels) / steps / 1e3
+    scan = sum(_device_us(e) for e in kernels if '_scan_' in e.key) / steps / 1e3
+    if total:
+        print(f'GPU time per step {total:.2f} ms; selective-scan kernels {scan:.2f} ms '
+              f'({100 * scan / total:.1f}%)')
+        for e in sorted(kernels, key=_device_us, reverse=True)[:rows]:
+            ms = _device_us(e) / steps / 1e3
+            print(f'  {100 * ms / total:5.1f}%  {ms:8.3f} ms  {e.key[:90]}')
+    return dict(gpu_ms=total, scan_ms=scan)
 
 
 # ------------------------------------------------------------------------ correctness
@@ -287,7 +343,7 @@ def check_against_reference(model, backends, args, device, n=8):
     """Max |logit difference| of every backend vs the per-group reference path with
     PyTorch's ops throughout (fp32)."""
     from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
-    x = torch.randn(n, 3, args.img_size, args.img_size, device=device)
+    x = torch.randn(n, 3, *args.img_size, device=device)
     model.eval()
     from mmgroupmamba.ops import fused_kernels
     set_mixer_impl(model, impl='reference', scan_backend='pytorch', linear_mode='auto')
@@ -308,10 +364,10 @@ def check_against_reference(model, backends, args, device, n=8):
 
 # ---------------------------------------------------------------------- scan tuning
 def _stages(args):
-    """(feature-map side, width, depth, FFN ratio) of each stage at ``--img-size``."""
+    """((map height, width), width, depth, FFN ratio) of each stage at ``--img-size``."""
     from mmgroupmamba.models import GroupMamba
     settings = GroupMamba._parse_arch(GroupMamba, _arch(args))
-    return [(-(-args.img_size // 2**(i + 2)), dim, depth, ratio)
+    return [(tuple(-(-n // 2**(i + 2)) for n in args.img_size), dim, depth, ratio)
             for i, (dim, depth, ratio) in enumerate(zip(settings['embed_dims'],
                                                         settings['depths'],
                                                         settings['mlp_ratios']))]
@@ -329,57 +385,69 @@ def _time_ms(fn, device, n):
 
 
 def scan_sweep(args, device):
-    """Time the fused grouped scan per stage for several tile / warp settings."""
+    """Time the fused grouped scan per stage for several tile / warp / segment settings,
+    at ``--batch-size`` and ``--img-size`` (or each ``--dense`` shape)."""
     from mmgroupmamba.ops import selective_scan_triton as sst
-    shapes = [(side, dim // 4, -(-(dim // 4) // 16), depth)  # (side, d, R = ceil(d / 16))
-              for side, dim, depth, _ in _stages(args)]
     dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
-    print(f'fused scan, batch {args.batch_size}, {dtype}, stages (side, d, R, depth): '
-          f'{shapes}')
+    shapes_of = [(args.batch_size, args.img_size)] if not args.dense else [
+        (b, (h, w)) for b, h, w in DENSE_SHAPES]
+    fwd_grid = [(2048, 16, 8), (2048, 16, 4), (2048, 16, 16), (1024, 8, 8), (4096, 16, 8),
+                (1024, 16, 8)]
+    bwd_grid = [(1024, 8, 8), (1024, 8, 4), (1024, 8, 16), (512, 4, 8), (2048, 8, 8),
+                (512, 8, 8)]
+    saved = dict(sst.TUNING)
+    for batch, img in shapes_of:
+        args.img_size = img
+        # (map, d, R = ceil(d / 16), depth) per stage
+        shapes = [(hw, dim // 4, -(-(dim // 4) // 16), depth)
+                  for hw, dim, depth, _ in _stages(args)]
+        print(f'\nfused scan, batch {batch}, {img[0]}x{img[1]}, {dtype}, stages '
+              f'(map, d, R, depth): {shapes}')
 
-    def inputs(side, d, R, grad):
-        mk = lambda *s: torch.randn(*s, device=device)  # noqa: E731
-        B, G = args.batch_size, 4
-        t = dict(u=mk(B, side, side, G * d).to(dtype), xdbl=mk(B, side, side, G * R + 8)
-                 .to(dtype), z=mk(B, side, side, G * d).to(dtype),
-                 dt_weight=mk(G, d, R) * 0.3, dt_bias=mk(G * d) * 0.3 - 3,
-                 A=-torch.rand(G * d, device=device) - 0.5, D=mk(G * d),
-                 ln_weight=mk(G * d), ln_bias=mk(G * d))
-        if grad:
-            for v in t.values():
-                v.requires_grad_()
-        return t
+        def inputs(hw, d, R, grad):
+            mk = lambda *s: torch.randn(*s, device=device)  # noqa: E731
+            G = 4
+            t = dict(u=mk(batch, *hw, G * d).to(dtype), xdbl=mk(batch, *hw, G * R + 8)
+                     .to(dtype), z=mk(batch, *hw, G * d).to(dtype),
+                     dt_weight=mk(G, d, R) * 0.3, dt_bias=mk(G * d) * 0.3 - 3,
+                     A=-torch.rand(G * d, device=device) - 0.5, D=mk(G * d),
+                     ln_weight=mk(G * d), ln_bias=mk(G * d))
+            if grad:
+                for v in t.values():
+                    v.requires_grad_()
+            return t
 
-    fwd_grid = [(2048, 16), (4096, 16), (1024, 8), (2048, 8), (4096, 32)]
-    bwd_grid = [(1024, 8), (512, 4), (2048, 8), (1024, 4), (512, 8)]
-    print('\ninference forward (ms per layer | whole model):')
-    for tile, per_thread in fwd_grid:
-        sst.set_tuning(fwd_tile=tile, fwd_per_thread=per_thread)
-        times = []
-        for side, d, R, depth in shapes:
-            t = inputs(side, d, R, False)
-            with torch.no_grad():
-                times.append(_time_ms(lambda: sst.grouped_selective_scan_triton(**t), device,
-                                      args.iters))
-        total = sum(tm * s[3] for tm, s in zip(times, shapes))
-        print(f'  fwd_tile {tile:>5} per_thread {per_thread:>2}: '
-              + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
-    print('\ntraining forward + backward (ms per layer | whole model):')
-    for tile, per_thread in bwd_grid:
-        sst.set_tuning(bwd_tile=tile, bwd_per_thread=per_thread)
-        times = []
-        for side, d, R, depth in shapes:
-            t = inputs(side, d, R, True)
-            g = torch.randn(args.batch_size, side, side, 4 * d, device=device, dtype=dtype)
+        print('inference forward (ms per layer | whole model):')
+        for tile, per_thread, per_sm in fwd_grid:
+            sst.set_tuning(fwd_tile=tile, fwd_per_thread=per_thread, programs_per_sm=per_sm)
+            times = []
+            for hw, d, R, depth in shapes:
+                t = inputs(hw, d, R, False)
+                with torch.no_grad():
+                    times.append(_time_ms(lambda: sst.grouped_selective_scan_triton(**t),
+                                          device, args.iters))
+            total = sum(tm * s[3] for tm, s in zip(times, shapes))
+            print(f'  fwd_tile {tile:>5} per_thread {per_thread:>2} programs/SM {per_sm:>2}: '
+                  + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms',
+                  flush=True)
+        sst.TUNING.update(saved)
+        print('training forward + backward (ms per layer | whole model):')
+        for tile, per_thread, per_sm in bwd_grid:
+            sst.set_tuning(bwd_tile=tile, bwd_per_thread=per_thread, programs_per_sm=per_sm)
+            times = []
+            for hw, d, R, depth in shapes:
+                t = inputs(hw, d, R, True)
+                g = torch.randn(batch, *hw, 4 * d, device=device, dtype=dtype)
 
-            def step():
-                sst.grouped_selective_scan_triton(**t).backward(g)
-            times.append(_time_ms(step, device, args.iters))
-        total = sum(tm * s[3] for tm, s in zip(times, shapes))
-        print(f'  bwd_tile {tile:>5} per_thread {per_thread:>2}: '
-              + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms')
-    print('\nset the best with MMGM_SCAN_FWD_TILE / MMGM_SCAN_FWD_PER_THREAD / '
-          'MMGM_SCAN_BWD_TILE / MMGM_SCAN_BWD_PER_THREAD (or change TUNING\'s defaults)')
+                def step():
+                    sst.grouped_selective_scan_triton(**t).backward(g)
+                times.append(_time_ms(step, device, args.iters))
+            total = sum(tm * s[3] for tm, s in zip(times, shapes))
+            print(f'  bwd_tile {tile:>5} per_thread {per_thread:>2} programs/SM {per_sm:>2}: '
+                  + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms',
+                  flush=True)
+        sst.TUNING.update(saved)
+    print('\nrecord the best in selective_scan_triton.TUNING')
     return []
 
 
@@ -387,23 +455,22 @@ def dwconv_sweep(args, device):
     """Time the fused depthwise conv + activation at this arch's FFN and mixer shapes
     for several launch settings, against cuDNN's depthwise conv + a separate activation."""
     from mmgroupmamba.ops import dwconv
-    shapes = []  # (side, channels, act, count per forward): FFN conv, then mixer conv
-    for side, dim, depth, ratio in _stages(args):
-        shapes += [(side, int(dim * ratio), 'gelu', depth), (side, dim, 'silu', depth)]
+    shapes = []  # (map, channels, act, count per forward): FFN conv, then mixer conv
+    for hw, dim, depth, ratio in _stages(args):
+        shapes += [(hw, int(dim * ratio), 'gelu', depth), (hw, dim, 'silu', depth)]
     dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
     B = args.batch_size
-    print(f'depthwise conv 3x3 + act, batch {B}, {dtype}; shapes (side, C, act, count): '
+    print(f'depthwise conv 3x3 + act, batch {B}, {dtype}; shapes (map, C, act, count): '
           f'{shapes}')
 
     def run(fn, backward):
         total = 0.
-        for side, C, act, count in shapes:
-            x = torch.randn(B, side, side, C, device=device, dtype=dtype,
-                            requires_grad=backward)
+        for hw, C, act, count in shapes:
+            x = torch.randn(B, *hw, C, device=device, dtype=dtype, requires_grad=backward)
             w = torch.randn(C, 1, 3, 3, device=device, requires_grad=backward)
             b = torch.randn(C, device=device, requires_grad=backward)
             if backward:
-                g = torch.randn(B, side, side, C, device=device, dtype=dtype)
+                g = torch.randn(B, *hw, C, device=device, dtype=dtype)
                 total += count * _time_ms(lambda: fn(x, w, b, act).backward(g), device,
                                           args.iters)
             else:
@@ -446,7 +513,8 @@ def run_one(make_model, label, spec, mode, precision, args, device, results, pro
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
-    row = dict(model=label, backend=spec, mode=mode, precision=precision)
+    row = dict(model=label, backend=spec, mode=mode, precision=precision,
+               batch=args.batch_size, img=tuple(args.img_size))
     try:
         model = make_model()
         if device.type == 'cuda':
@@ -463,7 +531,9 @@ def run_one(make_model, label, spec, mode, precision, args, device, results, pro
         row['img_s'], row['peak_gib'] = measure(step, device, warmup, iters, args.batch_size,
                                                 reset_peak=not graphed)
         if prof:
-            profile(step, device, args.profile_rows, f'{label} {spec} {mode} {precision}')
+            row['profile'] = profile(step, device, args.profile_rows,
+                                     f'{label} {spec} {mode} {precision} batch '
+                                     f'{args.batch_size} {args.img_size}')
     except torch.cuda.OutOfMemoryError:
         row['error'] = 'OOM'
     except Exception as e:  # report and go on with the other rows
@@ -518,13 +588,99 @@ def print_table(results, ours_label):
               f"{ratio(ref.get(key), 'peak_gib'):>12}")
 
 
+def make_timm_baseline(name, args, device):
+    import timm
+    timm_name = TIMM_BASELINES.get(name, name)
+    kw = {'img_size': args.img_size} if 'swin' in timm_name else {}
+    if args.backbone_only:
+        kw['features_only'] = True
+    model = timm.create_model(timm_name, pretrained=False, **kw).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def measure_configuration(args, device, backends, mode, precision, ours_label, make_ours,
+                          results):
+    """Our rows (each backend, eager and with ``--graph-backbone``) and the baselines at
+    the current batch size and input size."""
+    from mmgroupmamba.ops import fused_kernels
+    for spec in backends:
+        variants = [(spec, False)]
+        if (args.graph_backbone and device.type == 'cuda'
+                and parse_backend(spec)[0] == 'grouped'):
+            variants.append((f'{spec}+backbone-graph', True))
+        for label, graphed in variants:
+            with fused_kernels(uses_fused_kernels(spec, args)):
+                # --dense profiles the eager rows: the same kernels as the graphed ones
+                run_one(make_ours(spec, graphed), ours_label, label, mode, precision, args,
+                        device, results, prof=args.profile and not (args.dense and graphed),
+                        graphed=args.cuda_graph or graphed)
+    for name in (args.baselines or []):
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            print(f'  {name}: timm not importable, skipped')
+            continue
+        run_one(lambda name=name: make_timm_baseline(name, args, device), name, 'timm', mode,
+                precision, args, device, results)
+
+
+def print_dense_table(results, ours_label):
+    """ms per step of every --dense row, ratios to Swin-T and ConvNeXt-T (eager) at the
+    same shape and mode; below 1.00x is faster than the baseline."""
+    def ms(r):
+        return 1e3 * r['batch'] / r['img_s'] if r.get('img_s') else None
+
+    rows = {}
+    for r in results:
+        rows[(r['batch'], r['img'], r['mode'], r['model'], r['backend'])] = r
+    print('\nbackbone only, bf16 autocast, ms per step (training: forward, backward, AdamW; '
+          'ratios: time / baseline time)')
+    cols = ['shape', 'mode', 'GM eager', 'GM graph', 'Swin-T', 'ConvNeXt-T', 'graph/Swin',
+            'graph/CNX', 'eager/Swin', 'scan %']
+    print(' | '.join(f'{c:>12}' for c in cols))
+    for batch, h, w in DENSE_SHAPES:
+        for mode in ('train', 'infer'):
+            key = (batch, (h, w), mode)
+            eager = rows.get(key + (ours_label, 'triton'))
+            graph = rows.get(key + (ours_label, 'triton+backbone-graph'))
+            swin, cnx = rows.get(key + ('Swin-T', 'timm')), rows.get(key + ('ConvNeXt-T', 'timm'))
+            if eager is None and graph is None:
+                continue
+            t = {k: ms(r) if r is not None else None for k, r in
+                 dict(eager=eager, graph=graph, swin=swin, cnx=cnx).items()}
+
+            def ratio(a, b):
+                return f'{t[a] / t[b]:.2f}x' if t[a] and t[b] else '-'
+            prof = (eager or {}).get('profile') or {}
+            scan = (f"{100 * prof['scan_ms'] / prof['gpu_ms']:.1f}" if prof.get('gpu_ms')
+                    else '-')
+            cells = [f'{batch}x{h}x{w}', mode] + [f'{t[k]:.1f}' if t[k] else '-' for k in
+                                                  ('eager', 'graph', 'swin', 'cnx')]
+            cells += [ratio('graph', 'swin'), ratio('graph', 'cnx'), ratio('eager', 'swin'),
+                      scan]
+            print(' | '.join(f'{c:>12}' for c in cells))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--arch', default='tiny',
                         help='tiny / small / base preset, or an arch dict as JSON')
     parser.add_argument('--config', help='benchmark the model of this config instead')
     parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--img-size', type=int, nargs='+', default=[224],
+                        metavar=('H', 'W'), help='input size: one side, or H W')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='time the backbone\'s four NCHW stage outputs (as mmdet / mmseg '
+                        'call it; loss: sum of their means) against timm\'s baselines with '
+                        'features_only=True')
+    parser.add_argument('--dense', action='store_true',
+                        help='the detection / segmentation preset: backbone only, bf16 '
+                        'autocast, training and inference at ' + ', '.join(
+                            f'{b} x {h}x{w}' for b, h, w in DENSE_SHAPES)
+                        + ', ours eager and with cuda_graph=True, baselines eager; '
+                        'prints ms per step with ratios')
     parser.add_argument('--precision', nargs='+', default=['fp32', 'amp'],
                         choices=['fp32', 'amp'])
     parser.add_argument('--amp-dtype', default='bf16', choices=['bf16', 'fp16'])
@@ -581,20 +737,26 @@ def main(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--json', help='also write the results here')
     args = parser.parse_args(argv)
+    if len(args.img_size) not in (1, 2):
+        parser.error('--img-size takes one side or H W')
+    args.img_size = tuple(args.img_size) * (3 - len(args.img_size))
+    if args.dense:
+        args.backbone_only = args.graph_backbone = True
+        args.precision, args.mode, args.amp_dtype = ['amp'], ['train', 'infer'], 'bf16'
+        args.backends = ['triton']
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = True
     import mmgroupmamba  # noqa: F401
-    from mmgroupmamba.ops import fused_kernels
     ours_label = (osp.splitext(osp.basename(args.config))[0][:14] if args.config
                   else f'GroupMamba-{args.arch[0].upper()}' if args.arch[0].isalpha()
                   else 'GroupMamba')
 
     print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}'
           f'  torch {torch.__version__}  batch {args.batch_size}  '
-          f'{args.img_size}x{args.img_size}  amp dtype {args.amp_dtype}  '
+          f'{args.img_size[0]}x{args.img_size[1]}  amp dtype {args.amp_dtype}  '
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
           f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  ffn_cp {args.ffn_cp}  '
           f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
@@ -657,33 +819,15 @@ def main(argv=None):
 
     results = []
     print('\nmeasuring:')
-    for mode in args.mode:
-        for precision in args.precision:
-            for spec in backends:
-                variants = [(spec, False)]
-                if (args.graph_backbone and device.type == 'cuda'
-                        and parse_backend(spec)[0] == 'grouped'):
-                    variants.append((f'{spec}+backbone-graph', True))
-                for label, graphed in variants:
-                    with fused_kernels(uses_fused_kernels(spec, args)):
-                        run_one(make_ours(spec, graphed), ours_label, label, mode, precision,
-                                args, device, results, prof=args.profile,
-                                graphed=args.cuda_graph or graphed)
-            for name in (args.baselines or []):
-                try:
-                    import timm
-                except ImportError:
-                    print(f'  {name}: timm not importable, skipped')
-                    continue
-
-                def make_timm(name=name):
-                    timm_name = TIMM_BASELINES.get(name, name)
-                    kw = {'img_size': args.img_size} if 'swin' in timm_name else {}
-                    model = timm.create_model(timm_name, pretrained=False, **kw).to(device)
-                    if args.channels_last:
-                        model = model.to(memory_format=torch.channels_last)
-                    return model
-                run_one(make_timm, name, 'timm', mode, precision, args, device, results)
+    shapes = ([(b, (h, w)) for b, h, w in DENSE_SHAPES] if args.dense
+              else [(args.batch_size, args.img_size)])
+    for args.batch_size, args.img_size in shapes:
+        for mode in args.mode:
+            for precision in args.precision:
+                measure_configuration(args, device, backends, mode, precision, ours_label,
+                                      make_ours, results)
+    if args.dense:
+        print_dense_table(results, ours_label)
     print_table(results, ours_label)
     if args.json:
         with open(args.json, 'w') as f:
