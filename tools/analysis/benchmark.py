@@ -328,13 +328,14 @@ def profile(step, device, rows, label, steps=3):
     kernels = [e for e in events if str(getattr(e, 'device_type', '')).endswith('CUDA')]
     total = sum(_device_us(e) for e in kernels) / steps / 1e3
     scan = sum(_device_us(e) for e in kernels if '_scan_' in e.key) / steps / 1e3
+    launches = sum(e.count for e in kernels) / steps
     if total:
-        print(f'GPU time per step {total:.2f} ms; selective-scan kernels {scan:.2f} ms '
-              f'({100 * scan / total:.1f}%)')
+        print(f'GPU time per step {total:.2f} ms in {launches:.0f} kernel launches; '
+              f'selective-scan kernels {scan:.2f} ms ({100 * scan / total:.1f}%)')
         for e in sorted(kernels, key=_device_us, reverse=True)[:rows]:
             ms = _device_us(e) / steps / 1e3
             print(f'  {100 * ms / total:5.1f}%  {ms:8.3f} ms  {e.key[:90]}')
-    return dict(gpu_ms=total, scan_ms=scan)
+    return dict(gpu_ms=total, scan_ms=scan, launches=launches)
 
 
 # ------------------------------------------------------------------------ correctness
