@@ -324,8 +324,10 @@ def profile(step, device, rows, label, steps=3):
         except Exception:  # older/newer torch name the column differently
             continue
     print(f'\n--- profile: {label} ({steps} steps, sorted by self GPU time) ---\n{table}')
-    # kernels only (CPU operators' device time is the same kernels counted again)
-    kernels = [e for e in events if str(getattr(e, 'device_type', '')).endswith('CUDA')]
+    # kernels only (CPU operators' device time is the same kernels counted again, and so
+    # is that of the ranges the optimizer annotates on the GPU timeline)
+    kernels = [e for e in events if str(getattr(e, 'device_type', '')).endswith('CUDA')
+               and not e.key.startswith(('Optimizer.', 'ProfilerStep'))]
     total = sum(_device_us(e) for e in kernels) / steps / 1e3
     scan = sum(_device_us(e) for e in kernels if '_scan_' in e.key) / steps / 1e3
     launches = sum(e.count for e in kernels) / steps
@@ -334,7 +336,15 @@ def profile(step, device, rows, label, steps=3):
               f'selective-scan kernels {scan:.2f} ms ({100 * scan / total:.1f}%)')
         for e in sorted(kernels, key=_device_us, reverse=True)[:rows]:
             ms = _device_us(e) / steps / 1e3
-            print(f'  {100 * ms / total:5.1f}%  {ms:8.3f} ms  {e.key[:90]}')
+            print(f'  {100 * ms / total:5.1f}%  {ms:8.3f} ms  {e.count // steps:5d}x  '
+                  f'{e.key[:80]}')
+    cpu = sorted((e for e in events if e.self_cpu_time_total > 0),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)
+    print(f'host: {sum(e.self_cpu_time_total for e in cpu) / steps / 1e3:.2f} ms of '
+          'operator self time per step; top:')
+    for e in cpu[:rows]:
+        print(f'  {e.self_cpu_time_total / steps / 1e3:8.3f} ms  {e.count // steps:5d}x  '
+              f'{e.key[:80]}')
     return dict(gpu_ms=total, scan_ms=scan, launches=launches)
 
 
@@ -375,13 +385,23 @@ def _stages(args):
 
 
 def _time_ms(fn, device, n):
-    """Milliseconds per call of ``fn`` (one untimed call first, synchronised)."""
+    """Milliseconds per call of ``fn``. On CUDA the GPU time: a CUDA graph of one call,
+    its replays timed with events (the sweeps time kernels, whose launch overhead would
+    hide them at small sizes); elsewhere wall-clock after one untimed call."""
+    if device.type == 'cuda':
+        replay = _graphed(fn)
+        replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / n
     fn()
-    _sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
         fn()
-    _sync(device)
     return (time.perf_counter() - t0) / n * 1e3
 
 
