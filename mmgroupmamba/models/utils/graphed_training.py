@@ -75,7 +75,14 @@ class _StepGraphs:
                 self.static_grads = torch.autograd.grad(
                     self.static_outputs, views, self.static_grad_outputs,
                     allow_unused=True)
+            # The captured autograd graph holds the parameters' gradient accumulators,
+            # created on the capture stream: kept alive, every later backward would
+            # synchronise the streams once per parameter (an event record, wait and
+            # query each: ~6 ms for GroupMamba-T's 1192 parameters).
+            self.static_outputs = [o.detach() for o in self.static_outputs]
+            del views, outs
         torch.cuda.current_stream(x.device).wait_stream(stream)
+        self.grad_index = [i for i, g in enumerate(self.static_grads) if g is not None]
         with torch.no_grad():
             for b, value in zip(buffers, saved):
                 b.copy_(value)
@@ -111,13 +118,24 @@ class _ReplayStep(torch.autograd.Function):
                 static.copy_(grad)
         step.bwd_graph.replay()
         # the gradients lie in the graphs' memory pool, which the next replay reuses:
-        # the parameters get copies (a few multi-tensor kernels), never those buffers
-        index = [i for i, g in enumerate(step.static_grads) if g is not None]
-        copies = torch._foreach_mul([step.static_grads[i] for i in index], 1.0)
+        # the parameters get copies, never those buffers
+        copies = _copies([step.static_grads[i] for i in step.grad_index])
         param_grads = [None] * len(step.static_grads)
-        for i, g in zip(index, copies):
+        for i, g in zip(step.grad_index, copies):
             param_grads[i] = g
         return (None, None, *param_grads)
+
+
+def _copies(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Copies of ``tensors``: views of one new buffer filled by one multi-tensor copy
+    where they share a dtype and device (one allocation instead of one per parameter:
+    ~10 ms of host time for 1192 parameters), else one multi-tensor kernel set."""
+    if len({(t.dtype, t.device) for t in tensors}) != 1:
+        return torch._foreach_mul(tensors, 1.0) if tensors else []
+    flat = tensors[0].new_empty(sum(t.numel() for t in tensors))
+    views = torch._utils._unflatten_dense_tensors(flat, tensors)
+    torch._foreach_copy_(views, tensors)
+    return list(views)
 
 
 class GraphedTraining:
