@@ -6,9 +6,10 @@ Two entry points share one pair of kernels:
   :func:`mmgroupmamba.ops.selective_scan` (``u, delta: (batch, dim, L)``, ``B, C:
   (batch, 1, L)``), for ``N = 1`` only.
 * :func:`grouped_selective_scan_triton` is the fused operator of a whole GroupMamba
-  layer: the four groups' scans in one launch, each group reading its channels of the
-  channels-last feature map in its own direction (row-major, column-major and both
-  reversed) through index arithmetic (no flipped or transposed copies), with the dt
+  layer: the four groups' scans in one launch (two for long sequences, see below), each
+  group reading its channels of the channels-last feature map in its own direction
+  (row-major, column-major and both reversed) through index arithmetic (no flipped or
+  transposed copies), with the dt
   projection, ``softplus``, the ``D`` skip, the per-group ``out_norm`` LayerNorm and the
   ``SiLU(z)`` gate fused around the scan. Its output is back in H x W order.
 
