@@ -9,9 +9,9 @@ Two entry points share one pair of kernels:
   layer: the four groups' scans in one launch (two for long sequences, see below), each
   group reading its channels of the channels-last feature map in its own direction
   (row-major, column-major and both reversed) through index arithmetic (no flipped or
-  transposed copies), with the dt
-  projection, ``softplus``, the ``D`` skip, the per-group ``out_norm`` LayerNorm and the
-  ``SiLU(z)`` gate fused around the scan. Its output is back in H x W order.
+  transposed copies), with the dt projection, ``softplus``, the ``D`` skip, the
+  per-group ``out_norm`` LayerNorm and the ``SiLU(z)`` gate fused around the scan. Its
+  output is back in H x W order.
 
 Design (``d_state = 1`` makes the state a scalar per channel):
 
