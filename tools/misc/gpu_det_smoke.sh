@@ -7,10 +7,14 @@
 #   bash tools/misc/gpu_det_smoke.sh                 # 1 GPU, 300 iterations, --amp
 #   GPUS=2 bash tools/misc/gpu_det_smoke.sh          # tools/dist_train.sh + dist_test.sh
 #   ITERS=200 AMP= PRETRAINED=path.pth bash tools/misc/gpu_det_smoke.sh
+#   CONFIG=other_config.py EVAL= bash tools/misc/gpu_det_smoke.sh   # timing only
 #
 # Environment: GPUS (1), ITERS per GPU (300), NUM_VAL (100 val images), AMP (--amp; empty
-# for fp32), PYTHON (python), DATA (data/shapes_coco_full), WORK (work_dirs/det_gpu_smoke), PRETRAINED (the config's
-# checkpoint if that file exists, else a random backbone), EXTRA (more --cfg-options).
+# for fp32), PYTHON (python), DATA (data/shapes_coco_full), WORK (work_dirs/det_gpu_smoke),
+# CONFIG (configs/maskrcnn_groupmamba_t_1x.py; any mmdet Mask R-CNN config on COCO),
+# PRETRAINED (the config's checkpoint if that file exists, else a random backbone), EVAL
+# (1: validate after the epoch and test the checkpoint; empty: train and time only),
+# EXTRA (more --cfg-options).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
@@ -21,7 +25,8 @@ AMP=${AMP---amp}
 PYTHON=${PYTHON:-python}
 DATA=${DATA:-data/shapes_coco_full}
 WORK=${WORK:-work_dirs/det_gpu_smoke}
-CONFIG=configs/maskrcnn_groupmamba_t_1x.py
+CONFIG=${CONFIG:-configs/maskrcnn_groupmamba_t_1x.py}
+EVAL=${EVAL-1}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # One epoch of ITERS iterations at 2 images per GPU; COCO-like 480-640 px images, which the
@@ -36,8 +41,8 @@ print('data ready in $DATA')"
 CKPT_OPT=()
 if [ -n "${PRETRAINED:-}" ]; then
     CKPT_OPT=(model.backbone.init_cfg.checkpoint="$PRETRAINED")
-elif [ ! -f checkpoints/groupmamba_tiny.pth ]; then
-    echo "no checkpoints/groupmamba_tiny.pth: random backbone (timing and memory only)"
+elif [ "$CONFIG" != configs/maskrcnn_groupmamba_t_1x.py ] || [ ! -f checkpoints/groupmamba_tiny.pth ]; then
+    echo "no pretrained backbone here: random backbone (timing and memory only)"
     CKPT_OPT=(model.backbone.init_cfg=None)
 fi
 
@@ -58,17 +63,19 @@ OPTS+=("val_evaluator.ann_file=$DATA/annotations/instances_val.json"
        model.roi_head.bbox_head.num_classes=4 model.roi_head.mask_head.num_classes=4
        train_cfg.max_epochs=1 default_hooks.logger.interval=20
        "${CKPT_OPT[@]}" ${EXTRA:-})
+# timing only: no validation inside the epoch, no checkpoint
+[ -n "$EVAL" ] || OPTS+=(train_cfg.val_interval=2 default_hooks.checkpoint.interval=2)
 
 rm -rf "$WORK"
 START=$(date +%s)
 if [ "$GPUS" -gt 1 ]; then
     bash tools/dist_train.sh $CONFIG "$GPUS" --work-dir "$WORK" $AMP --cfg-options "${OPTS[@]}"
-    bash tools/dist_test.sh $CONFIG "$WORK/epoch_1.pth" "$GPUS" --work-dir "$WORK/test" \
-        --cfg-options "${OPTS[@]}"
+    [ -z "$EVAL" ] || bash tools/dist_test.sh $CONFIG "$WORK/epoch_1.pth" "$GPUS" \
+        --work-dir "$WORK/test" --cfg-options "${OPTS[@]}"
 else
     "$PYTHON" tools/train.py $CONFIG --work-dir "$WORK" $AMP --cfg-options "${OPTS[@]}"
-    "$PYTHON" tools/test.py $CONFIG "$WORK/epoch_1.pth" --work-dir "$WORK/test" \
-        --cfg-options "${OPTS[@]}"
+    [ -z "$EVAL" ] || "$PYTHON" tools/test.py $CONFIG "$WORK/epoch_1.pth" \
+        --work-dir "$WORK/test" --cfg-options "${OPTS[@]}"
 fi
 echo "wall time (train + val + test): $(( $(date +%s) - START )) s"
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Mask R-CNN 1x training iterations of GroupMamba-T (configs/maskrcnn_groupmamba_t_1x.py)
+# and of mmdet's own Swin-T config (swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py, from the
+# installed mmdet) in one run, on the same generated COCO-format data and 1333x800
+# pipeline, batch 2 per GPU: prints s/iter and peak memory of both (random backbones:
+# nothing can be downloaded). Needs mmcv built with its CUDA ops
+# (tools/misc/build_cuda_wheels.sh) and mmdet.
+#
+#   bash tools/misc/gpu_det_compare.sh            # ITERS=150, --amp
+#   ITERS=300 AMP= bash tools/misc/gpu_det_compare.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+PYTHON=${PYTHON:-python}
+export ITERS=${ITERS:-150} EVAL= PYTHON
+SWIN=$("$PYTHON" -c "import os, mmdet; print(os.path.join(os.path.dirname(mmdet.__file__),
+    '.mim', 'configs', 'swin', 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'))")
+mkdir -p work_dirs
+for name in groupmamba swin; do
+    config=configs/maskrcnn_groupmamba_t_1x.py
+    [ $name = groupmamba ] || config=$SWIN
+    CONFIG=$config WORK=work_dirs/det_compare_$name bash tools/misc/gpu_det_smoke.sh \
+        > "work_dirs/det_compare_$name.log" 2>&1
+done
+echo "Mask R-CNN 1x, batch 2 per GPU, ${ITERS} iterations, ${AMP---amp}:"
+for name in groupmamba swin; do
+    echo "  $name: $(grep 'time/iter' work_dirs/det_compare_$name.log)"
+done
