@@ -75,6 +75,14 @@ def run_tool(tool, *args, nproc=1, env=None, timeout=600):
                           text=True, timeout=timeout)
 
 
+def check(result):
+    """Assert that a run_tool run succeeded, showing its output without the log lines."""
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if ' - mmengine - INFO - ' not in line]
+    assert result.returncode == 0, '\n'.join(lines)[-6000:]
+    return result
+
+
 def logged_losses(work_dir):
     """[{iteration: loss}, ...]: the losses of every run logged in ``work_dir``, in the
     order of the runs."""

@@ -14,7 +14,7 @@ from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
 from conftest import REPO_ROOT
-from demo_runs import child_env, run_tool, write_demo_config
+from demo_runs import write_demo_config
 from mmgroupmamba.datasets import generate_classification_set
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.utils import (TRUST_ENV, UnreadableCheckpointError, UnsafeCheckpointError,
@@ -133,20 +133,21 @@ def test_refused_by_the_converter(malicious, tmp_path, monkeypatch):
     assert not (tmp_path / 'out.pth').exists()
 
 
-def test_refused_by_tools_test_resume_and_load_from(malicious, shapes, tmp_path):
-    """tools/test.py CKPT, tools/train.py --resume CKPT and load_from=CKPT, each a real
-    run of the demo config in a child process."""
+def test_refused_by_tools_test_resume_and_load_from(malicious, shapes, tmp_path,
+                                                    monkeypatch):
+    """tools/test.py CKPT, tools/train.py --resume CKPT and load_from=CKPT: real runs of
+    the demo config, each stopping at the load."""
+    monkeypatch.delenv(TRUST_ENV, raising=False)
     path, marker = malicious['path'], malicious['marker']
     cfg = write_demo_config(tmp_path / 'demo.py', shapes, max_epochs=1)
-    env = child_env()
-    env.pop(TRUST_ENV, None)
-    runs = [('test', cfg, path), ('train', cfg, '--resume', path),
-            ('train', cfg, '--cfg-options', f'load_from={path}')]
-    for tool, *args in runs:
-        result = run_tool(tool, *args, '--work-dir', str(tmp_path / 'work'), env=env)
-        assert result.returncode != 0, (tool, args)
-        assert 'UnsafeCheckpointError' in result.stderr, result.stderr[-3000:]
-        _assert_refused(result.stderr, path, marker)
+    work = ['--work-dir', str(tmp_path / 'work')]
+    runs = [('test', [cfg, path]), ('train', [cfg, '--resume', path]),
+            ('train', [cfg, '--cfg-options', f'load_from={path}'])]
+    for tool, args in runs:
+        with DefaultScope.overwrite_default_scope('mmpretrain'), \
+                pytest.raises(UnsafeCheckpointError) as error:
+            _load_tool(tool).main(args + work)
+        _assert_refused(error.value, path, marker)
     assert not (tmp_path / 'work' / 'epoch_1.pth').exists()  # nothing trained
 
 

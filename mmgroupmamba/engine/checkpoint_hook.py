@@ -2,10 +2,11 @@
 import os.path as osp
 
 from mmengine.dist import is_main_process
+from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from mmgroupmamba.utils.checkpoint_io import atomic_write
+from mmgroupmamba.utils.checkpoint_io import atomic_write, remove_stale_temporaries
 
 
 @HOOKS.register_module()
@@ -19,8 +20,9 @@ class AtomicCheckpointHook(CheckpointHook):
     ``--resume`` with a pointer to a deleted file. Here the new checkpoint is written
     first (atomically: importing mmgroupmamba makes mmengine's local file writes go
     through a temporary file and a rename), then ``last_checkpoint`` is replaced
-    atomically, and only then are old checkpoints deleted. A run killed at any moment
-    resumes from the newest complete checkpoint. Arguments as ``CheckpointHook``.
+    atomically, and only then are old checkpoints deleted (and what an earlier killed
+    write of the same file left). A run killed at any moment resumes from the newest
+    complete checkpoint. Arguments as ``CheckpointHook``.
     """
 
     def _save_checkpoint_with_step(self, runner, step, meta):
@@ -52,6 +54,8 @@ class AtomicCheckpointHook(CheckpointHook):
             return
         with atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), 'w') as f:
             f.write(self.last_ckpt)
+        if isinstance(self.file_backend, LocalBackend):  # only this process writes it
+            remove_stale_temporaries(self.last_ckpt)
         for old in retired:
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if self.file_backend.isfile(path):

@@ -189,8 +189,9 @@ def atomic_write(filename, mode='wb', **open_kwargs):
     """Open a temporary file beside ``filename``; when the block completes, it is
     flushed to disk and renamed to ``filename`` (one atomic step on POSIX file systems).
 
-    A process killed inside the block leaves ``filename`` untouched; leftover temporary
-    files of earlier killed writes are removed after the next successful one.
+    A process killed inside the block leaves ``filename`` untouched, and a temporary
+    file that :func:`remove_stale_temporaries` removes. Several processes may write the
+    same file at once (mmengine's loggers do, from every rank): each replaces it whole.
     """
     filename = osp.abspath(osp.expanduser(str(filename)))
     directory, base = osp.split(filename)
@@ -212,6 +213,12 @@ def atomic_write(filename, mode='wb', **open_kwargs):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_stale_temporaries(filename):
+    """Remove what writes of ``filename`` killed inside :func:`atomic_write` left; call
+    it only where no other process may be writing ``filename`` right now."""
+    directory, base = osp.split(osp.abspath(osp.expanduser(str(filename))))
     for stale in glob.glob(osp.join(glob.escape(directory), f'.{glob.escape(base)}.*.tmp')):
         with contextlib.suppress(OSError):
             os.remove(stale)
