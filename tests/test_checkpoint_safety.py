@@ -2,7 +2,6 @@
 ``weights_only=True`` and an explicit allow-list on every loading path; a pickle that
 would run code is refused with a message naming the file and the global; corrupt files
 are named as unreadable; everything our tools write still loads."""
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -13,14 +12,13 @@ import torch
 from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
-from conftest import REPO_ROOT
 from demo_runs import write_demo_config
 from mmgroupmamba.datasets import generate_classification_set
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.utils import (TRUST_ENV, UnreadableCheckpointError, UnsafeCheckpointError,
                                 convert_official_state_dict, load_checkpoint_file,
                                 unlisted_globals)
-from tools_import import official2mm
+from tools_import import load_tool, official2mm
 
 SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
              mlp_ratios=[2, 2, 2, 2])
@@ -146,7 +144,7 @@ def test_refused_by_tools_test_resume_and_load_from(malicious, shapes, tmp_path,
     for tool, args in runs:
         with DefaultScope.overwrite_default_scope('mmpretrain'), \
                 pytest.raises(UnsafeCheckpointError) as error:
-            _load_tool(tool).main(args + work)
+            load_tool(f'{tool}.py').main(args + work)
         _assert_refused(error.value, path, marker)
     assert not (tmp_path / 'work' / 'epoch_1.pth').exists()  # nothing trained
 
@@ -242,8 +240,8 @@ def test_demo_run_checkpoint_holds_only_allowed_globals(shapes, tmp_path):
         custom_hooks="dict(type='EMAHook', momentum=1e-2, priority='ABOVE_NORMAL', "
         "update_buffers=True), dict(type='StepSeedHook')")
     work = str(tmp_path / 'work')
-    train = _load_tool('train')
-    test = _load_tool('test')
+    train = load_tool('train.py')
+    test = load_tool('test.py')
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         train.main([cfg, '--work-dir', work])
         ckpt = osp.join(work, 'epoch_1.pth')
@@ -257,10 +255,3 @@ def test_demo_run_checkpoint_holds_only_allowed_globals(shapes, tmp_path):
         metrics = test.main([cfg, ckpt, '--work-dir', work])
     assert 0 <= metrics['accuracy/top1'] <= 100
 
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'_safety_{name}', osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

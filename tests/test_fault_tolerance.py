@@ -3,7 +3,6 @@ tools/test.py: a SIGKILL in the middle of an epoch, a SIGKILL in the middle of w
 checkpoint (both then ``--resume``), and 2-process DDP (gloo), with and without
 ``frozen_stages`` and with stages after the last output (no gradient)."""
 import glob
-import importlib.util
 import os.path as osp
 import pickle
 import signal
@@ -13,10 +12,10 @@ import torch
 from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
-from conftest import REPO_ROOT
 from demo_runs import check, child_env, logged_losses, run_tool, write_demo_config
 from mmgroupmamba.datasets import generate_classification_set
 from mmgroupmamba.utils import load_checkpoint_file
+from tools_import import load_tool
 
 EPOCHS = 3
 ITERS_PER_EPOCH = 4  # 4 images per class x 8 classes at batch 8
@@ -120,12 +119,8 @@ def _evaluate(cfg, ckpt, work, nproc):
     out = osp.join(work, f'preds_{nproc}.pkl')
     args = [cfg, ckpt, '--work-dir', work, '--out', out]
     if nproc == 1:
-        spec = importlib.util.spec_from_file_location(
-            '_fault_test_tool', osp.join(REPO_ROOT, 'tools', 'test.py'))
-        tool = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tool)
         with DefaultScope.overwrite_default_scope('mmpretrain'):
-            tool.main(args)
+            load_tool('test.py').main(args)
     else:
         check(run_tool('test', *args, nproc=nproc))
     with open(out, 'rb') as f:

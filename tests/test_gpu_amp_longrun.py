@@ -1,21 +1,16 @@
 """tools/misc/gpu_amp_longrun.py (the GPU long-run AMP check) in its CPU mode: a few
 steps of a tiny model in bf16 and fp16 (with the GradScaler), the report and its JSON."""
-import importlib.util
 import json
-import os.path as osp
 import math
 
-from conftest import REPO_ROOT
+from tools_import import load_tool
 
 TINY = ('{"stem_channels": 8, "embed_dims": [16, 16, 16, 16], "depths": [1, 1, 1, 1], '
         '"mlp_ratios": [2, 2, 2, 2]}')
 
 
 def test_cpu_mode_runs_both_dtypes(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        '_gpu_amp_longrun', osp.join(REPO_ROOT, 'tools', 'misc', 'gpu_amp_longrun.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('misc', 'gpu_amp_longrun.py')
     out = tmp_path / 'result.json'
     status = tool.main(['--device', 'cpu', '--steps', '3', '--batch-size', '2',
                         '--img-size', '32', '--pool', '16', '--arch', TINY,
