@@ -103,6 +103,23 @@ def test_code_running_pickles_are_refused(kind, tmp_path, monkeypatch):
     assert 'Refused to load' in str(error.value)
 
 
+class _LooksUp:
+    """Unpickles as ``getattr(torch.Tensor, 'add_')``: allowed globals, wrong lookup."""
+
+    def __reduce__(self):
+        return getattr, (torch.Tensor, 'add_')
+
+
+def test_getattr_is_answered_only_for_history_buffer_statistics(tmp_path):
+    from mmengine.logging import HistoryBuffer
+    good, bad = str(tmp_path / 'good.pth'), str(tmp_path / 'bad.pth')
+    torch.save({'hist': HistoryBuffer([1.0, 2.0], [1, 1])}, good)
+    assert load_checkpoint_file(good)['hist'].mean() == 1.5
+    torch.save({'x': _LooksUp()}, bad)
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\(<class 'torch.Tensor'>"):
+        load_checkpoint_file(bad)
+
+
 def test_refused_by_mmengine_loader_load_from_and_init_cfg(malicious, monkeypatch):
     """CheckpointLoader (what load_from, --resume, tools/test.py and init_model use),
     load_checkpoint (load_from), init_cfg=Pretrained and the distillation teacher."""

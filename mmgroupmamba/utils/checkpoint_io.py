@@ -129,19 +129,27 @@ def unlisted_globals(filename) -> list:
 
 
 def _refusal(filename, error):
-    """``(globals, reason)`` when a weights-only load refused ``filename``, else None."""
+    """What a weights-only load of ``filename`` refused (a phrase), or None if the error
+    is not a refusal."""
     message = str(error)
     if not isinstance(error, pickle.UnpicklingError) \
             or 'Weights only load failed' not in message:
         return None
-    names = [n for pattern in _REFUSED_PATTERNS for n in re.findall(pattern, message)]
-    if not names and not _is_complete_torch_file(filename):
+    named = [n for pattern in _REFUSED_PATTERNS for n in re.findall(pattern, message)]
+    if not named and not _is_complete_torch_file(filename):
         return None  # garbage that the unpickler stumbled over: unreadable, not refused
-    with contextlib.suppress(Exception):  # legacy format: only the one named
-        names += unlisted_globals(filename)
+    unlisted = []
+    with contextlib.suppress(Exception):  # a zip checkpoint: all of them, by full name
+        unlisted = unlisted_globals(filename)
+    if unlisted:
+        return f'the Python global(s) {", ".join(unlisted)}'
     reason = re.search(r'WeightsUnpickler error:\s*(.*?)\s*(?:Please use `torch|'
                        r'Check the documentation|$)', message, re.S)
-    return sorted(set(names)), reason.group(1) if reason else message
+    reason = reason.group(1) if reason else message
+    if named:  # the legacy format, or a lookup our stand-ins refused
+        return f'the Python global(s) {", ".join(named)}' + (
+            '' if reason.startswith('Unsupported global') else f' ({reason})')
+    return f'something the safe loader does not build ({reason})'
 
 
 def _raise_if_unreadable(filename, error):
@@ -161,13 +169,10 @@ def load_checkpoint_file(filename, map_location=None):
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as error:
-        refusal = _refusal(filename, error)
-        if refusal is None:
+        what = _refusal(filename, error)
+        if what is None:
             _raise_if_unreadable(filename, error)
             raise
-    names, reason = refusal
-    what = (f'the Python global(s) {", ".join(names)}' if names
-            else f'something the safe loader does not build ({reason})')
     if not trusted_checkpoints():
         raise UnsafeCheckpointError(
             f'Refused to load {filename}: it asks for {what}, which mmgroupmamba does not '
