@@ -105,7 +105,8 @@ def run(dtype_name, args, bench, pool, device):
                                   betas=(0.9, 0.999),
                                   **(dict(fused=True) if device.type == 'cuda' else {}))
     warmup = max(1, args.warmup)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, init_scale=args.init_scale,
+                                  enabled=dtype == torch.float16)
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = args.clip_grad if args.clip_grad > 0 else float('inf')
 
@@ -181,6 +182,8 @@ def main(argv=None):
     parser.add_argument('--max-overflow-steps', type=int, default=None,
                         help='fp16 steps the GradScaler may skip for overflow before the '
                         'run fails (default: 1%% of --steps, at least 1)')
+    parser.add_argument('--init-scale', type=float, default=2.0**16,
+                        help='initial fp16 loss scale (torch\'s default 2**16)')
     parser.add_argument('--no-cuda-graph', action='store_true',
                         help='eager backbone steps on CUDA (default: cuda_graph=\'train\')')
     parser.add_argument('--seed', type=int, default=0)
