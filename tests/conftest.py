@@ -19,12 +19,15 @@ def reference():
     ckpt = osp.join(root, 'official_small_checkpoint.pth')
     if not osp.exists(ckpt):
         pytest.skip(f'reference fixtures not found in {root}')
+    # through the package's loading policy: the authors' format must load without
+    # unpickling anything outside the allow-list
+    from mmgroupmamba.utils import load_checkpoint_file
     return dict(
         root=root,
         checkpoint_path=ckpt,
-        checkpoint=torch.load(ckpt, map_location='cpu'),
-        expected=torch.load(osp.join(root, 'official_small_expected.pth'),
-                            map_location='cpu'),
+        checkpoint=load_checkpoint_file(ckpt, map_location='cpu'),
+        expected=load_checkpoint_file(osp.join(root, 'official_small_expected.pth'),
+                                      map_location='cpu'),
         tiny_keys_path=osp.join(root, 'official_tiny_state_dict.tsv'),
     )
 

@@ -122,3 +122,28 @@ def test_fresh_init_follows_mamba():
     assert torch.all(vsss.D == 1)
     assert torch.all(vsss.A_log == 0)  # log(1) for state size 1
     assert model.stages[0][0].mixer.proj.weight.std() < 0.05
+
+
+def test_non_floating_images_are_a_clear_error():
+    model = GroupMamba(SMALL_ARCH).eval()
+    for dtype in (torch.uint8, torch.int64, torch.bool):
+        with pytest.raises(TypeError, match=rf'floating-point images .*got {dtype}'):
+            model(torch.zeros(1, 3, 32, 32, dtype=dtype))
+
+
+def test_stages_after_the_last_output_are_not_run_and_get_no_gradient():
+    """They would feed nothing: skipped, their parameters kept (state dict unchanged)
+    but left out of training, so DDP without find_unused_parameters works."""
+    full = GroupMamba(SMALL_ARCH)
+    model = GroupMamba(SMALL_ARCH, out_indices=(0, 2)).train()
+    assert list(model.state_dict()) == list(full.state_dict())
+    calls = []
+    model.stages[3].register_forward_hook(lambda *args: calls.append(1))
+    sum(o.sum() for o in model(torch.randn(2, 3, 32, 32))).backward()
+    assert not calls
+    for name, p in model.named_parameters():
+        after = name.startswith(('stages.3.', 'patch_embeds.3.', 'norm3.'))
+        assert p.requires_grad != after, name
+        assert (p.grad is None) == after, name
+    model.train()  # re-freezing on train() keeps it so
+    assert not any(p.requires_grad for p in model.stages[3].parameters())

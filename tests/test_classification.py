@@ -18,6 +18,7 @@ import mmgroupmamba  # noqa: F401
 from conftest import REPO_ROOT
 from mmgroupmamba.datasets import SHAPE_CLASSES, generate_classification_set
 from mmgroupmamba.models.teachers import TimmRegNet
+from mmgroupmamba.utils import load_checkpoint_file
 
 CONFIGS = {n: osp.join(REPO_ROOT, 'configs', 'groupmamba', f'groupmamba-{n}_8xb128_in1k.py')
            for n in 'tsb'}
@@ -183,7 +184,7 @@ def test_one_training_iteration_with_distillation(name, shapes, tmp_path):
     for sd in (runner.model.state_dict(), ema.state_dict()):
         assert not any('teacher' in k or k.startswith(('stem.', 's1.')) for k in sd)
     assert ema.module.teacher is teacher
-    saved = torch.load(tmp_path / 'teacher.pth', weights_only=False)['model']
+    saved = load_checkpoint_file(tmp_path / 'teacher.pth')['model']
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, saved[k]), k  # frozen
 
@@ -307,8 +308,8 @@ def test_resume_is_exact(augment, shapes, tmp_path):
     for step in sorted(b):
         assert b[step] == a[step], (step, a[step], b[step])  # bit-exact
     for name in ('epoch_2.pth', 'epoch_3.pth'):
-        sa = torch.load(osp.join(straight, name), weights_only=False)
-        sb = torch.load(osp.join(resumed, name), weights_only=False)
+        sa = load_checkpoint_file(osp.join(straight, name))
+        sb = load_checkpoint_file(osp.join(resumed, name))
         for key in ('state_dict', 'ema_state_dict'):
             for k, v in sa[key].items():
                 assert torch.equal(v, sb[key][k]), (name, key, k)

@@ -16,6 +16,7 @@ from PIL import Image
 
 import mmgroupmamba  # noqa: F401
 from mmgroupmamba.datasets.synthetic_coco import DET_CATEGORIES, generate_detection_set
+from mmgroupmamba.utils import unlisted_globals
 from conftest import REPO_ROOT
 
 CFG_1X = osp.join(REPO_ROOT, 'configs', 'maskrcnn_groupmamba_t_1x.py')
@@ -348,6 +349,8 @@ def test_demo_trains_and_tests_through_the_tools(tiny_coco, tmp_path):
                                  '--cfg-options', *options])
         ckpt = osp.join(work_dir, 'epoch_1.pth')
         assert osp.isfile(ckpt)
+        # loadable under the loading policy (tools/test.py below loads it through it)
+        assert unlisted_globals(ckpt) == []
         metrics = load_tool('test').main([CFG_DEMO, ckpt, '--work-dir', work_dir,
                                           '--cfg-options', *options])
     for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):

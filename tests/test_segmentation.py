@@ -15,6 +15,7 @@ from PIL import Image
 import mmgroupmamba  # noqa: F401
 from mmgroupmamba.datasets.synthetic_ade import (ADE_INDICES, SEG_CLASSES, SEG_PALETTE,
                                                  generate_segmentation_set)
+from mmgroupmamba.utils import unlisted_globals
 from conftest import REPO_ROOT
 
 CFG_160K = osp.join(REPO_ROOT, 'configs', 'upernet_groupmamba_t_160k_ade20k.py')
@@ -225,6 +226,8 @@ def test_160k_train_and_test_iterations(tiny_ade, tmp_path):
     train_tool.main([cfg_path, '--work-dir', str(tmp_path / 'train')])
     ckpt = tmp_path / 'train' / 'iter_1.pth'
     assert ckpt.exists()
+    # loadable under the loading policy (tools/test.py below loads it through it)
+    assert unlisted_globals(str(ckpt)) == []
 
     results = {}
     for tta in (False, True):

@@ -13,3 +13,8 @@ def _load(name, *parts):
 
 
 official2mm = _load('official2mm', 'model_converters', 'official2mm.py')
+
+
+def load_tool(*parts):
+    """A fresh module of the tool at ``tools/<parts>``, e.g. ``load_tool('test.py')``."""
+    return _load('_tool_' + '_'.join(parts)[:-3].replace('/', '_'), *parts)

@@ -17,6 +17,8 @@ import mmgroupmamba  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mmgroupmamba.utils.compat import setup_cpu_distributed  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (evaluate) a GroupMamba model')
@@ -73,7 +75,7 @@ def main(argv=None):
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
 
-    runner = Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(setup_cpu_distributed(cfg))
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

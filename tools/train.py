@@ -16,6 +16,8 @@ import mmgroupmamba  # noqa: E402,F401  (registers modules, applies mmengine wor
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
+from mmgroupmamba.utils.compat import setup_cpu_distributed  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a GroupMamba model')
@@ -76,7 +78,7 @@ def merge_args(cfg, args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
-    cfg = merge_args(cfg, args)
+    cfg = setup_cpu_distributed(merge_args(cfg, args))
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -7,7 +7,9 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # The EMAHook below makes checkpoints (and `save_best`) hold the EMA weights.
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
+    # AtomicCheckpointHook (mmgroupmamba): a run killed while saving keeps its last
+    # checkpoint (mmengine's CheckpointHook deletes the oldest one first).
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3, save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
 )

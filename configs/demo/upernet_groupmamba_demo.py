@@ -85,7 +85,7 @@ auto_scale_lr = dict(base_batch_size=8)
 
 # ----------------------------------------------------------------------------- runtime
 default_hooks = dict(
-    checkpoint=dict(_delete_=True, type='CheckpointHook', by_epoch=False,
+    checkpoint=dict(_delete_=True, type='AtomicCheckpointHook', by_epoch=False,
                     interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0, deterministic=False)

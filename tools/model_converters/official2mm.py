@@ -4,8 +4,9 @@
                                                  [--key auto|model|model_ema|state_dict]
 
 SRC is a published weight file (a flat state dict) or a checkpoint of the authors'
-training script (``model``/``model_ema`` entries; unpickling its yacs config needs a
-trusted file). The architecture (stem width, dims, depths, FFN ratios, classes) is read
+training script (``model``/``model_ema`` entries). SRC is read without unpickling code
+(mmgroupmamba's loading policy); a training checkpoint also pickles the authors' yacs
+config, which needs ``MMGROUPMAMBA_TRUST_CHECKPOINTS=1`` for a file you trust. The architecture (stem width, dims, depths, FFN ratios, classes) is read
 off the tensors. DST gets ``{'state_dict': ..., 'meta': ...}``; CFG an mmpretrain config
 such that ``mmpretrain.apis.init_model(CFG, DST)`` is the released classifier.
 """
@@ -14,10 +15,11 @@ import os
 import os.path as osp
 import sys
 
-import torch
-
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
+from mmgroupmamba.utils.checkpoint_io import (  # noqa: E402
+    UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint_file,
+    save_checkpoint_file)
 from mmgroupmamba.utils.official_checkpoint import (  # noqa: E402
     NotAGroupMambaCheckpoint, convert_official_state_dict, infer_official_arch,
     unwrap_state_dict)
@@ -57,13 +59,7 @@ model = dict(
 
 
 def load_released(path, key='auto'):
-    # Released training checkpoints hold a yacs config object; published weights are
-    # tensors only. Try the safe loader first and fall back for the trusted file.
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    return unwrap_state_dict(checkpoint, key)
+    return unwrap_state_dict(load_checkpoint_file(path, map_location='cpu'), key)
 
 
 def convert(src, dst, out_config=None, key='auto'):
@@ -72,9 +68,8 @@ def convert(src, dst, out_config=None, key='auto'):
     if arch['num_classes'] == 0:
         raise NotAGroupMambaCheckpoint(f'{src} has no classification head (head.weight).')
     converted = convert_official_state_dict(state_dict)
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    torch.save({'state_dict': converted,
-                'meta': {'converted_from': osp.basename(src), 'arch': arch}}, dst)
+    save_checkpoint_file({'state_dict': converted,
+                          'meta': {'converted_from': osp.basename(src), 'arch': arch}}, dst)
     if out_config:
         os.makedirs(osp.dirname(osp.abspath(out_config)), exist_ok=True)
         with open(out_config, 'w') as f:
@@ -94,7 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         arch = convert(args.src, args.dst, args.out_config, args.key)
-    except NotAGroupMambaCheckpoint as e:
+    except (NotAGroupMambaCheckpoint, UnsafeCheckpointError, UnreadableCheckpointError) as e:
         sys.exit(f'error: {e}')
     print(f'converted {args.src} -> {args.dst}: {arch}')
     if args.out_config:

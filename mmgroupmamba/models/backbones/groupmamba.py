@@ -26,7 +26,9 @@ class GroupMamba(BaseModule):
             ``'b'``), or a dict with ``stem_channels``, ``embed_dims``, ``depths`` and
             ``mlp_ratios`` (four entries each, widths divisible by 4).
         in_channels (int): input image channels.
-        out_indices (Sequence[int]): stages whose outputs are returned (0-3).
+        out_indices (Sequence[int]): stages whose outputs are returned (0-3). Stages
+            after the last of them are not run and their parameters do not train (they
+            stay in the model, so checkpoints load and save them unchanged).
         final_norm (bool): add a LayerNorm on the stage-4 output. Stages 1-3 always end
             with the released stage norms, which are both their output norm and the input
             of the next stage. Classifiers use ``False`` (the class-token head applies the
@@ -112,6 +114,8 @@ class GroupMamba(BaseModule):
         for i in out_indices:
             if not 0 <= i < self.num_stages:
                 raise ValueError(f'out_indices {i} is out of range(0, {self.num_stages}).')
+        if not out_indices:
+            raise ValueError('out_indices is empty: name at least one stage (0-3).')
         self.out_indices = tuple(out_indices)
         self.final_norm = final_norm
         self.frozen_stages = frozen_stages
@@ -200,6 +204,10 @@ class GroupMamba(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'GroupMamba expects (B, {self.in_channels}, H, W) images, '
                              f'got a tensor of shape {tuple(x.shape)}.')
+        if not x.is_floating_point():
+            raise TypeError(f'GroupMamba expects floating-point images (float32; float16 '
+                            f'or bfloat16 also work), got {x.dtype}: convert and '
+                            'normalise them first (x.float(), or a data preprocessor).')
         if self.cuda_graph in (True, 'infer') and not self.training \
                 and GraphedInference.applies(x):
             return self._graphed_inference()(x)
@@ -233,7 +241,7 @@ class GroupMamba(BaseModule):
 
     def _forward(self, x):
         outs = []
-        for i in range(self.num_stages):
+        for i in range(max(self.out_indices) + 1):  # later stages would feed nothing
             # The stem takes the NCHW image; later embeddings take channels-last maps.
             x = self.stages[i](self.patch_embeds[i](x))
             norm = getattr(self, f'norm{i}', None)
@@ -287,7 +295,18 @@ class GroupMamba(BaseModule):
         norm = getattr(self, f'norm{i}', None)
         return [self.patch_embeds[i], self.stages[i]] + ([norm] if norm is not None else [])
 
+    def _stages_after_outputs(self):
+        """Stages after the last output stage: not run, so their parameters (kept, so
+        that checkpoints keep them) get no gradient. They do not train, and DDP, which
+        waits for a gradient of every parameter that requires one, needs no
+        ``find_unused_parameters`` for them."""
+        return range(max(self.out_indices) + 1, self.num_stages)
+
     def _freeze_stages(self):
+        for i in self._stages_after_outputs():
+            for m in self._stage_modules(i):
+                for p in m.parameters():
+                    p.requires_grad = False
         if self.frozen_stages < 0:
             return
         for i in range(min(self.frozen_stages + 1, self.num_stages)):
