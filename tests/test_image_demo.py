@@ -125,3 +125,39 @@ def test_bad_inputs_are_named(cls_run, tmp_path):
         image_demo.main([str(tmp_path / 'none.png'), CONFIGS['cls'], ckpt])
     with pytest.raises(FileNotFoundError, match='Checkpoint'):
         image_demo.main([image, CONFIGS['cls'], str(tmp_path / 'none.pth')])
+
+
+# The Grad-CAM target layer the README documents: mmpretrain's vis_cam.py takes a 4-D
+# activation as (B, C, H, W); inside the blocks our maps are channels-last, and the
+# stride-32 convolution of the last stage's embedding is the last layer with NCHW output.
+CAM_LAYER = 'backbone.patch_embeds.3.proj'
+
+
+def test_grad_cam_with_mmpretrains_vis_cam(cls_run, tmp_path):
+    pytest.importorskip('pytorch_grad_cam')
+    import subprocess
+    import sys
+
+    import mmpretrain
+    import torch
+    from mmpretrain import get_model
+    ckpt, image = cls_run
+    model = get_model(CONFIGS['cls'], pretrained=ckpt)
+    seen = []
+    dict(model.named_modules())[CAM_LAYER].register_forward_hook(
+        lambda m, i, o: seen.append(tuple(o.shape)))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64), mode='tensor')
+    assert seen == [(1, 128, 2, 2)]  # NCHW, the last stage's width, stride 32
+
+    vis_cam = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'visualization',
+                       'vis_cam.py')
+    out = tmp_path / 'cam.png'
+    run = subprocess.run([sys.executable, vis_cam, image, CONFIGS['cls'], ckpt,
+                          '--target-layers', CAM_LAYER, '--save-path', str(out)],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    with Image.open(image) as src, Image.open(out) as cam:
+        assert cam.format == 'PNG' and cam.size == src.size
+        src, cam = np.asarray(src.convert('RGB')), np.asarray(cam.convert('RGB'))
+    assert np.abs(cam.astype(int) - src).mean() > 10, 'the heat map is blended in'
