@@ -197,3 +197,12 @@ def test_wheel_ships_index_configs_and_tools_and_mim_search_lists_them(tmp_path)
     for m in _models():
         assert f'config id: {m["Name"]}' in search.stdout
     assert 'imagenet-1k/top_1_accuracy' in search.stdout
+
+
+def test_missing_index_warns_instead_of_breaking_the_import(monkeypatch, tmp_path):
+    from mmgroupmamba.apis import model_index
+    monkeypatch.setattr(model_index, 'PACKAGE_DIR', str(tmp_path / 'pkg' / 'mmgroupmamba'))
+    with pytest.raises(FileNotFoundError, match='model-index.yml'):
+        model_index.model_index_root()
+    with pytest.warns(UserWarning, match='not available by name'):
+        assert model_index.register_model_index() is False

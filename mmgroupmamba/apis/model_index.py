@@ -3,6 +3,7 @@ registration in mmpretrain's model hub, so that models are found by name:
 ``mmpretrain.get_model('groupmamba-t_in1k')``, ``list_models('groupmamba*')``,
 ``inference_model``, ``ImageClassificationInferencer('groupmamba-t_in1k')``."""
 import os.path as osp
+import warnings
 from typing import Tuple
 
 PACKAGE_DIR = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -28,12 +29,17 @@ def model_index_path() -> Tuple[str, str]:
 
 def register_model_index() -> bool:
     """Register our models in mmpretrain's ``ModelHub`` (once; ``import mmgroupmamba``
-    does it). Returns False when mmpretrain is not installed."""
+    does it). Returns False when mmpretrain is not installed or the index is missing (a
+    warning says so: the models still build from their configs)."""
     try:
         from mmpretrain.apis import ModelHub
     except ImportError:
         return False
-    path, config_prefix = model_index_path()
+    try:
+        path, config_prefix = model_index_path()
+    except FileNotFoundError as e:
+        warnings.warn(f'{e} Models are not available by name in mmpretrain.')
+        return False
     from modelindex.load_model_index import load
     names = [m.name.lower() for m in load(path).models]
     if all(ModelHub.has(name) for name in names):
