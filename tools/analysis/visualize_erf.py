@@ -166,10 +166,10 @@ def main(argv=None):
         backbone, (load_image(f, args.size, mean, std, to_rgb) for f in files))
     ratios = high_contribution_area_ratios(erf)
     weights = osp.basename(args.checkpoint) if args.checkpoint else 'random init'
-    title = (f'ERF of {osp.splitext(osp.basename(args.config))[0]} stage {args.stage} '
-             f'({weights}, {len(files)} images, {args.size[0]}x{args.size[1]})')
+    title = (f'ERF of {osp.splitext(osp.basename(args.config))[0]}, stage {args.stage}\n'
+             f'{weights}, {len(files)} images, {args.size[0]}x{args.size[1]}')
     save_heatmap(erf, args.out, title)
-    print(title)
+    print(title.replace('\n', ': '))
     print('high-contribution area ratio: ' + ', '.join(
         f't={t:g}: {r:.3f}' for t, r in ratios.items()))
     print(f'ERF written to {args.out}')
