@@ -78,8 +78,10 @@ fi
 
 # The wheel is named again here so that pip installs mmcv's own run-time dependencies
 # (opencv-python, addict, yapf, ...) alongside the pins: `import mmcv` needs cv2.
-log "installing pinned OpenMMLab packages and test requirements"
-"${PIP[@]}" "${MMCV_WHEEL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+log "installing pinned OpenMMLab packages, test and optional requirements"
+"${PIP[@]}" "${MMCV_WHEEL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" \
+  -r "$ROOT/requirements/optional.txt"
+"${PIP[@]}" --no-deps -r "$ROOT/requirements/mim.txt"
 "${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
 "$PY" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, mmgroupmamba" >&2 \
   || { log "the environment does not import (see the error above)"; exit 1; }

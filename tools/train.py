@@ -1,7 +1,8 @@
 """Train a model from an mmpretrain, mmdet or mmseg config with MMEngine's Runner.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
-                          [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp [--amp-dtype float16|bfloat16]]
+                          [--resume [CKPT]] [--auto-scale-lr] [--cfg-options k=v ...]
+                          [--launcher pytorch]
 
 The config's ``default_scope`` ('mmpretrain', 'mmdet' or 'mmseg') selects the codebase.
 """
@@ -13,10 +14,14 @@ import sys
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..'))
 
 import mmgroupmamba  # noqa: E402,F401  (registers modules, applies mmengine workarounds)
+import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmgroupmamba.utils.compat import setup_cpu_distributed  # noqa: E402
+
+
+AMP_DTYPES = ('float16', 'bfloat16')
 
 
 def parse_args(argv=None):
@@ -26,7 +31,14 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the '
                              'work dir when no path is given')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision training: float16 with a dynamic loss '
+                             'scale (AmpOptimWrapper), bfloat16 without one '
+                             '(AutocastOptimWrapper)')
+    parser.add_argument('--amp-dtype', choices=AMP_DTYPES,
+                        help='autocast dtype of --amp (implies --amp); default: the '
+                             "config's optim_wrapper.dtype, else float16 with CUDA and "
+                             'bfloat16 without (CPU autocast is bfloat16 only)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch / auto_scale_lr.base_batch_size')
     parser.add_argument('--no-validate', action='store_true',
@@ -51,11 +63,11 @@ def merge_args(cfg, args):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
-    if args.amp:
-        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_wrapper not in ('AmpOptimWrapper', 'DeepSpeedOptimWrapper'):
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.amp or args.amp_dtype:
+        enable_amp(cfg, args.amp_dtype)
+    elif _dtype_name(cfg.optim_wrapper.get('dtype')) == 'bfloat16' \
+            and cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        enable_amp(cfg, 'bfloat16')  # the config's AMP in bfloat16: no loss scale
 
     if args.resume == 'auto':
         cfg.resume = True
@@ -73,6 +85,35 @@ def merge_args(cfg, args):
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     return cfg
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace('torch.', '') if dtype is not None else None
+
+
+def enable_amp(cfg, dtype=None):
+    """Mixed precision in ``dtype`` (default: the config's ``optim_wrapper.dtype``, else
+    float16 with CUDA and bfloat16 without): ``AmpOptimWrapper`` with a dynamic loss
+    scale for float16; ``AutocastOptimWrapper`` (no ``GradScaler``) for bfloat16, whose
+    gradients cannot underflow the way float16's do."""
+    ow = cfg.optim_wrapper
+    if ow.get('type') == 'DeepSpeedOptimWrapper':
+        return  # DeepSpeed has its own precision settings
+    dtype = _dtype_name(dtype or ow.get('dtype')) or (
+        'float16' if torch.cuda.is_available() else 'bfloat16')
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f'Mixed precision needs float16 or bfloat16, got '
+                         f'optim_wrapper.dtype={dtype!r}.')
+    if dtype == 'bfloat16':
+        ow.type = 'AutocastOptimWrapper'
+        ow.pop('loss_scale', None)
+    else:
+        if not torch.cuda.is_available():
+            raise RuntimeError('float16 mixed precision needs a CUDA GPU (CPU autocast '
+                               'supports bfloat16 only: --amp-dtype bfloat16).')
+        ow.type = 'AmpOptimWrapper'
+        ow.setdefault('loss_scale', 'dynamic')
+    ow.dtype = dtype
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
+from .autocast_optim_wrapper import AutocastOptimWrapper
 from .checkpoint_hook import AtomicCheckpointHook
 from .step_seed_hook import StepSeedHook
 
-__all__ = ['AtomicCheckpointHook', 'StepSeedHook']
+__all__ = ['AtomicCheckpointHook', 'AutocastOptimWrapper', 'StepSeedHook']

@@ -31,7 +31,9 @@ def chunked_linear_recurrence(log_a: torch.Tensor, b: torch.Tensor,
     in about ``2 sqrt(L)`` vectorised steps. Returns every state, (batch, ch, L, N)."""
     batch, ch, length, n_state = b.shape
     T = chunk_len or _chunk_len(length)
-    n_chunks = -(-length // T)
+    # ceil(length / T) with positive operands: while torch.jit traces (ONNX export) the
+    # sizes are tensors, and -(-length // T) rounded towards zero there
+    n_chunks = (length + T - 1) // T
     pad = n_chunks * T - length
     if pad:
         # Padding with a = 1 (log 0) and b = 0 leaves the state unchanged.

@@ -1,6 +1,7 @@
 """LayerNorm over the channels of channels-last maps, run by our fused kernel on CUDA."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmgroupmamba.ops import layer_norm, modulated_layer_norm
 
@@ -38,13 +39,25 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x):
         self._check(x)
+        if torch.jit.is_tracing():
+            return self._traced(x)
         return layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x))
 
     def modulated(self, y, x, scale):
         """``self(y * x * scale)`` with ``scale`` (B, C) per image, in one pass on CUDA."""
         self._check(x)
+        if torch.jit.is_tracing():
+            return self._traced(y * x * scale.view(scale.shape[0], *([1] * (x.dim() - 2)),
+                                                   scale.shape[-1]))
         return modulated_layer_norm(y, x, scale, self.weight, self.bias, self.eps,
                                     self._out_dtype(x))
+
+    def _traced(self, x):
+        # The ops' composition takes the normalised shape from x, which a trace records
+        # as a value computed from the input; ONNX's LayerNormalization needs it constant.
+        out = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        dtype = self._out_dtype(x)
+        return out if dtype is None else out.to(dtype)
 
     def extra_repr(self):
         return super().extra_repr() + (', amp_output=True' if self.amp_output else '')
