@@ -437,36 +437,33 @@ def scan_sweep(args, device):
                     v.requires_grad_()
             return t
 
-        print('inference forward (ms per layer | whole model):')
-        for tile, per_thread, per_sm in fwd_grid:
-            sst.set_tuning(fwd_tile=tile, fwd_per_thread=per_thread, programs_per_sm=per_sm)
-            times = []
-            for hw, d, R, depth in shapes:
-                t = inputs(hw, d, R, False)
-                with torch.no_grad():
-                    times.append(_time_ms(lambda: sst.grouped_selective_scan_triton(**t),
-                                          device, args.iters))
-            total = sum(tm * s[3] for tm, s in zip(times, shapes))
-            print(f'  fwd_tile {tile:>5} per_thread {per_thread:>2} programs/SM {per_sm:>2}: '
-                  + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms',
-                  flush=True)
-        sst.TUNING.update(saved)
-        print('training forward + backward (ms per layer | whole model):')
-        for tile, per_thread, per_sm in bwd_grid:
-            sst.set_tuning(bwd_tile=tile, bwd_per_thread=per_thread, programs_per_sm=per_sm)
-            times = []
-            for hw, d, R, depth in shapes:
-                t = inputs(hw, d, R, True)
-                g = torch.randn(batch, *hw, 4 * d, device=device, dtype=dtype)
+        def forward_call(hw, d, R):
+            t = inputs(hw, d, R, False)
 
-                def step():
-                    sst.grouped_selective_scan_triton(**t).backward(g)
-                times.append(_time_ms(step, device, args.iters))
-            total = sum(tm * s[3] for tm, s in zip(times, shapes))
-            print(f'  bwd_tile {tile:>5} per_thread {per_thread:>2} programs/SM {per_sm:>2}: '
-                  + '  '.join(f'{tm:7.3f}' for tm in times) + f'  | {total:7.2f} ms',
-                  flush=True)
-        sst.TUNING.update(saved)
+            def call():
+                with torch.no_grad():
+                    sst.grouped_selective_scan_triton(**t)
+            return call
+
+        def training_call(hw, d, R):
+            t = inputs(hw, d, R, True)
+            g = torch.randn(batch, *hw, 4 * d, device=device, dtype=dtype)
+            return lambda: sst.grouped_selective_scan_triton(**t).backward(g)
+
+        for title, prefix, grid, make_call in (
+                ('inference forward', 'fwd', fwd_grid, forward_call),
+                ('training forward + backward', 'bwd', bwd_grid, training_call)):
+            print(f'{title} (ms per layer | whole model):')
+            for tile, per_thread, per_sm in grid:
+                sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread},
+                               programs_per_sm=per_sm)
+                times = [_time_ms(make_call(hw, d, R), device, args.iters)
+                         for hw, d, R, _ in shapes]
+                total = sum(tm * s[3] for tm, s in zip(times, shapes))
+                print(f'  {prefix}_tile {tile:>5} per_thread {per_thread:>2} programs/SM '
+                      f'{per_sm:>2}: ' + '  '.join(f'{tm:7.3f}' for tm in times)
+                      + f'  | {total:7.2f} ms', flush=True)
+            sst.TUNING.update(saved)
     print('\nrecord the best in selective_scan_triton.TUNING')
     return []
 
