@@ -55,6 +55,36 @@ def test_outputs_of_frozen_stages_block_graphed_training():
     assert 'outputs [3]' in model._training_graph_blocker()
 
 
+def test_gradient_copies_are_one_buffer_that_autograd_keeps():
+    """Graphed training hands autograd copies of the graph's gradient buffers: one new
+    buffer (not the graph's, which the next replay overwrites), whose views become the
+    parameters' ``.grad`` as they are (no per-parameter copy by autograd)."""
+    from mmgroupmamba.models.utils.graphed_training import _copies
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in ((4, 3), (7, ), (2, 1, 3, 3))]
+    sources = [torch.randn_like(p) for p in params]
+    copies = _copies(sources)
+    storage = copies[0].untyped_storage().data_ptr()
+    for src, c in zip(sources, copies):
+        assert torch.equal(src, c) and c.untyped_storage().data_ptr() == storage
+        assert c.data_ptr() != src.data_ptr()
+
+    class HandOver(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *ps):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return (None, *_copies(sources))
+
+    HandOver.apply(torch.randn(3), *params).sum().backward()
+    for p, src in zip(params, sources):
+        assert torch.equal(p.grad, src)
+        assert p.grad.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
+    grads = {p.grad.untyped_storage().data_ptr() for p in params}
+    assert len(grads) == 1   # the views themselves, not per-parameter clones
+
+
 @requires_cuda
 @pytest.mark.parametrize('amp', [None, torch.float16])
 def test_graph_replay_matches_eager_and_follows_weight_updates(amp):

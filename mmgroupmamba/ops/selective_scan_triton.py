@@ -49,17 +49,23 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # Scan directions as the kernel knows them (see ``_token_index``).
 DIRECTION_CODES = {'row': 0, 'col': 1, 'row_rev': 2, 'col_rev': 3}
 
-# Launch tuning, from sweeps on one H200 (``tools/analysis/benchmark.py --scan-sweep``):
-# elements of one (BLOCK_L, BLOCK_D) tile and elements per thread (which sets the warps),
-# forward and backward (the backward keeps about twice as many tiles alive), and the
-# programs per SM that the sequence is cut into segments for (``_segments``).
+# Launch tuning, from sweeps on one H200 (``tools/analysis/benchmark.py --scan-sweep``,
+# with ``--dense`` for the detection / segmentation shapes): elements of one (BLOCK_L,
+# BLOCK_D) tile and elements per thread (which sets the warps), forward and backward (the
+# backward keeps about twice as many tiles alive); sequences are cut into segments
+# (``segments_for``) only where fewer than ``split_below_per_sm`` programs per SM would
+# run, and then into enough for ``programs_per_sm``. Whole-model scan time, fwd | fwd+bwd
+# (ms), at 4 / 8 programs per SM: 2 x 800x1344 1.70 / 1.65 | 9.92 / 9.70; 16 x 512x512
+# 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 / 0.55 | 3.58 / 3.81. Batch 128 at 224
+# (512 programs) stays one segment: a cut doubles the work (the carry pass).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
-              programs_per_sm=4)
+              split_below_per_sm=2, programs_per_sm=8)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``, ``programs_per_sm``); returns the previous values."""
+    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``); returns the
+    previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -499,10 +505,13 @@ def _sm_count(device_index: int) -> int:
 
 
 def segments_for(n_chunks: int, programs: int, sm_count: int) -> int:
-    """How many segments each sequence is cut into: enough that about ``programs_per_sm``
-    programs run per SM, never more segments than chunks. Batch 128 at 56 x 56 (512
-    programs on an H200's 132 SMs) keeps one segment, the single launch; batch 2 at
-    200 x 336 (8 programs) gets 66 segments of 8 chunks."""
+    """How many segments each sequence is cut into: one where ``programs`` already give
+    ``split_below_per_sm`` per SM, else enough that about ``programs_per_sm`` programs
+    run per SM, never more segments than chunks. Batch 128 at 56 x 56 (512 programs on
+    an H200's 132 SMs) keeps one segment, the single launch; batch 2 at 200 x 336 (8
+    programs, 1050 chunks) gets 132 segments of 8 chunks."""
+    if programs >= TUNING['split_below_per_sm'] * sm_count:
+        return 1
     return min(n_chunks, max(1, TUNING['programs_per_sm'] * sm_count // programs))
 
 
@@ -628,15 +637,17 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
     """Launch the backward (a carry pass first when the sequence is cut into segments);
     returns the parameter gradients summed over batch and segments."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
-    # per-program partial sums of each parameter gradient: (batch * G, n_seg, d[, R])
-    partial_sums = {name: torch.empty(cfg.programs, cfg.n_seg, cfg.d, *extra, **f32)
-                    for name, present, extra in (
-                        ('A', True, ()), ('D', ops.D is not None, ()),
-                        ('bias', ops.bias is not None, ()), ('lnw', ops.lnw is not None, ()),
-                        ('lnb', ops.lnb is not None, ()), ('w', ops.w is not None, (cfg.R, )))
-                    if present}
-    out = [partial_sums.get(name, partial_sums['A'])
-           for name in ('A', 'D', 'bias', 'lnw', 'lnb', 'w')]
+    # per-program partial sums of the per-channel parameter gradients, one (batch * G,
+    # n_seg, d) slab each in one buffer, reduced by one sum (and the dt weight's, with
+    # R values per channel, by another); absent features get no slab
+    names = [name for name, t in (('A', ops.A), ('D', ops.D), ('bias', ops.bias),
+                                  ('lnw', ops.lnw), ('lnb', ops.lnb)) if t is not None]
+    slabs = torch.empty(len(names), cfg.programs, cfg.n_seg, cfg.d, **f32)
+    partial_sums = dict(zip(names, slabs.unbind(0)))
+    w_part = (torch.empty(cfg.programs, cfg.n_seg, cfg.d, cfg.R, **f32)
+              if ops.w is not None else slabs[0])
+    out = [partial_sums.get(name, slabs[0]) for name in ('A', 'D', 'bias', 'lnw', 'lnb')]
+    out.append(w_part)
     seg_p = seg_s = ops.A
     head = ops.kernel_args() + [go, *sgo, hs]
     tail = [dirs, du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC,
@@ -652,9 +663,10 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
         *head, seg_p, seg_s, *tail, *cfg.sizes(), 0, cfg.eps, CARRY_PASS=False, **meta)
     # summed over batch and segments: (G * d,) per channel, (G, d, R) for the dt weight
     grads = dict.fromkeys(('A', 'D', 'bias', 'lnw', 'lnb', 'w'))
-    for name, t in partial_sums.items():
-        t = t.view(cfg.batch, cfg.G, cfg.n_seg, *t.shape[2:]).sum((0, 2))
-        grads[name] = t if name == 'w' else t.reshape(-1)
+    sums = slabs.view(len(names), cfg.batch, cfg.G, cfg.n_seg, cfg.d).sum((1, 3))
+    grads.update(zip(names, sums.view(len(names), cfg.G * cfg.d).unbind(0)))
+    if ops.w is not None:
+        grads['w'] = w_part.view(cfg.batch, cfg.G, cfg.n_seg, cfg.d, cfg.R).sum((0, 2))
     return grads
 
 
@@ -794,7 +806,7 @@ class _GroupedScanFn(torch.autograd.Function):
         ops = _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R)
         hs = _forward(cfg, ops, out, _token_strides(out), dirs, save)
         ctx.cfg = cfg
-        ctx.meta = (directions, dt_weight.dtype, xdbl.dtype)
+        ctx.meta = (directions, dt_weight.dtype)
         ctx.save_for_backward(u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs)
         return out
 
@@ -803,13 +815,14 @@ class _GroupedScanFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs = ctx.saved_tensors
         cfg = ctx.cfg
-        directions, w_dtype, x_dtype = ctx.meta
+        directions, w_dtype = ctx.meta
         G, R = cfg.G, cfg.R
         grad_out, sgo = _tokens(grad_out)
         du = torch.empty_like(u, memory_format=torch.contiguous_format)
         dz = (torch.empty_like(z, memory_format=torch.contiguous_format)
               if z is not None else None)
-        dx = torch.empty(*xdbl.shape, device=u.device, dtype=torch.float32)
+        # dt_r, B and C gradients: each position written once, in xdbl's dtype
+        dx = torch.empty(*xdbl.shape, device=u.device, dtype=xdbl.dtype)
         sdx = _token_strides(dx)
         sBd = (0, sdx[0], sdx[1], sdx[2])
         dirs = _direction_tensor(directions, u.device)
@@ -817,7 +830,7 @@ class _GroupedScanFn(torch.autograd.Function):
         grads = _backward(cfg, ops, grad_out, sgo, hs, dirs, du, _token_strides(du), dx,
                           sdx, dx[..., G * R:], sBd, dx[..., G * R + G:], sBd,
                           dz, _token_strides(dz) if dz is not None else (0, 0, 0))
-        return (du, dx.to(x_dtype), dz, grads['w'].to(w_dtype),
+        return (du, dx, dz, grads['w'].to(w_dtype),
                 grads['bias'], grads['A'], grads['D'], grads['lnw'], grads['lnb'], None,
                 None, None, None)
 

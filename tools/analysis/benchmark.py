@@ -413,8 +413,10 @@ def scan_sweep(args, device):
     shapes_of = [(args.batch_size, args.img_size)] if not args.dense else [
         (b, (h, w)) for b, h, w in DENSE_SHAPES]
     # (tile, elements per thread, programs per SM)
-    fwd_grid = [(2048, 16, 4), (2048, 16, 2), (2048, 16, 8), (2048, 16, 16), (4096, 16, 4)]
-    bwd_grid = [(1024, 8, 4), (1024, 8, 2), (1024, 8, 8), (1024, 8, 16), (2048, 8, 4)]
+    fwd_grid = [(2048, 16, 4), (2048, 16, 8), (2048, 16, 16), (4096, 16, 4), (4096, 16, 8),
+                (4096, 8, 8), (1024, 8, 8), (1024, 8, 16)]
+    bwd_grid = [(1024, 8, 4), (1024, 8, 8), (1024, 8, 16), (2048, 8, 4), (2048, 8, 8),
+                (2048, 16, 8), (4096, 8, 8), (512, 4, 8), (512, 4, 16)]
     saved = dict(sst.TUNING)
     for batch, img in shapes_of:
         args.img_size = img

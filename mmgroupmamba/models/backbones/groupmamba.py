@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmgroupmamba.ops import fused_kernels_enabled
 from ..layers import (ConvStem, Downsample, GroupMambaBlock, InferenceCache, LayerNorm,
-                      ModulatedGroupMamba, VSSS)
+                      VSSS)
 from ..utils import GraphedInference, GraphedTraining
 
 
@@ -270,10 +270,12 @@ class GroupMamba(BaseModule):
     def _execution_settings(self) -> tuple:
         """What selects the kernels of a forward besides the input: the mixers' and
         blocks' execution settings and the switches the ops read."""
-        mixers = tuple((m.impl, m.scan_backend, m.linear_mode, m.fused_conv, m.mixer_cp)
-                       for m in self.modules() if isinstance(m, ModulatedGroupMamba))
-        blocks = tuple((b.with_cp, b.ffn.recompute_hidden) for stage in self.stages
-                       for b in stage)
+        # read off the blocks (the backbone's only mixers), not a walk of every module:
+        # this runs on every graphed call
+        blocks = [b for stage in self.stages for b in stage]
+        mixers = tuple((b.mixer.impl, b.mixer.scan_backend, b.mixer.linear_mode,
+                        b.mixer.fused_conv, b.mixer.mixer_cp) for b in blocks)
+        blocks = tuple((b.with_cp, b.ffn.recompute_hidden) for b in blocks)
         return (mixers, blocks, fused_kernels_enabled(),
                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
                 torch.backends.cudnn.enabled)
