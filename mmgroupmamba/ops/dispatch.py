@@ -1,5 +1,7 @@
 """Where the Triton kernels run, one switch for the layers' fused kernels, and how
-their autograd Functions are called.
+their autograd Functions are called: in eager mode the Function itself, under
+``torch.compile`` the same computation as a ``torch.library`` custom operator
+(:func:`call_fused`, :func:`register_fused_op`).
 
 The switch (on by default): off, :func:`~mmgroupmamba.ops.layer_norm`,
 :func:`~mmgroupmamba.ops.modulated_layer_norm`,
@@ -9,6 +11,7 @@ the released execution. (The selective scan has its own choice of backend.)
 """
 import contextlib
 import os
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -64,3 +67,42 @@ def apply_function(fn, *args):
                                        for a in args):
         return fn.apply(*args)
     return fn.forward(_NoGraphCtx(len(args)), *args)
+
+
+def call_fused(function, op: Callable, *args):
+    """Run a fused kernel: ``op(*args)`` (its custom operator) while ``torch.compile``
+    traces, so that the whole model is one graph (Dynamo records the operator as one
+    node, with its fake-tensor and autograd registrations, and Inductor fuses the work
+    around it); in eager mode ``function`` (its autograd Function, through
+    :func:`apply_function`): a custom operator costs 10-20 us more host time per call
+    than a Function, and eager steps of this model are bound by host time."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return apply_function(function, *args)
+
+
+def register_fused_op(name: str, fn: Callable, fake: Callable,
+                      backward: Optional[Callable] = None,
+                      setup_context: Optional[Callable] = None):
+    """``fn`` as the custom operator ``mmgroupmamba::name`` (schema from its type
+    annotations), with its fake-tensor function (output shapes and dtypes, for tracing
+    with symbolic sizes) and, if given, its autograd formula. Returns the operator."""
+    op = torch.library.custom_op(f'mmgroupmamba::{name}', mutates_args=())(fn)
+    op.register_fake(fake)
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+def distinct(tensors: Sequence[torch.Tensor]) -> tuple:
+    """``tensors`` with every one that shares memory with an earlier one copied: a
+    custom operator's outputs must not alias each other (the kernels' launchers return
+    views of one buffer where that saves a reduction)."""
+    seen, out = set(), []
+    for t in tensors:
+        key = t.untyped_storage().data_ptr() if t.numel() else None
+        if key is not None and key in seen:
+            t = t.clone()
+        seen.add(key)
+        out.append(t)
+    return tuple(out)

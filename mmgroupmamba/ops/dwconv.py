@@ -11,10 +11,13 @@ instead of keeping it, so the op holds only its input for the backward (the unfu
 sequence holds the conv input *and* the activation input). Elsewhere (and for
 ``TRITON_INTERPRET=1`` tests) it is the PyTorch composition.
 """
+from typing import List, Optional
+
 import torch
 import torch.nn.functional as F
 
-from .dispatch import apply_function, fused_kernel_applies, triton_interpreting
+from .dispatch import (call_fused, fused_kernel_applies, register_fused_op,
+                       triton_interpreting)
 
 ACTIVATIONS = {'none': 0, 'silu': 1, 'gelu': 2}
 
@@ -246,44 +249,90 @@ def _launch(B, H, W, C, backward=False):
     return grid, meta
 
 
+def _dwconv_forward(x, w9, bias, act):
+    """The forward launch: ``x`` (B, H, W, C), ``w9`` (C, 9) and ``bias`` fp32, ``act``
+    a code of :data:`ACTIVATIONS`."""
+    B, H, W, C = x.shape
+    y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
+    grid, meta = _launch(B, H, W, C)
+    _dw_fwd_kernel[grid](x, *x.stride(), w9, bias if bias is not None else w9, y, H, W, C,
+                         ACT=act, HAS_BIAS=bias is not None, FLIP=False, **meta)
+    return y
+
+
+def _dwconv_backward(grad, x, w9, bias, act):
+    """The backward launches: ``(dx, dw9, dbias)`` (fp32 ``dw9`` (C, 9); ``dbias`` an
+    empty tensor without bias)."""
+    B, H, W, C = x.shape
+    gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
+    grid, meta = _launch(B, H, W, C, backward=True)
+    part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
+    _dw_bwd_kernel[grid](x, *x.stride(), w9, bias if bias is not None else w9, grad,
+                         *grad.stride(), gp, part, H, W, C, ACT=act,
+                         HAS_BIAS=bias is not None, **meta)
+    # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
+    dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
+    grid, meta = _launch(B, H, W, C)
+    _dw_fwd_kernel[grid](gp, *gp.stride(), w9, w9, dx, H, W, C, ACT=0, HAS_BIAS=False,
+                         FLIP=True, **meta)
+    part = part.sum(0)                                                 # (10, C)
+    db = part[9] if bias is not None else x.new_empty(0, dtype=torch.float32)
+    return dx, part[:9].t(), db
+
+
 class _DWConvAct(torch.autograd.Function):
+    """The eager-mode autograd of the fused conv (see :func:`call_fused`)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cuda')
-    def forward(ctx, x, weight, bias, act):
-        B, H, W, C = x.shape
-        w9 = weight.reshape(C, 9).float().contiguous()
-        b1 = None if bias is None else bias.float().contiguous()
-        y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        grid, meta = _launch(B, H, W, C)
-        _dw_fwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, y, H, W, C,
-                             ACT=ACTIVATIONS[act], HAS_BIAS=b1 is not None, FLIP=False,
-                             **meta)
-        ctx.save_for_backward(x, w9, b1)
-        ctx.meta = (act, weight.shape, weight.dtype, None if bias is None else bias.dtype)
-        return y
+    def forward(ctx, x, w9, bias, act):
+        ctx.save_for_backward(x, w9, bias)
+        ctx.act = act
+        return _dwconv_forward(x, w9, bias, act)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, grad):
-        x, w9, b1 = ctx.saved_tensors
-        act, w_shape, w_dtype, b_dtype = ctx.meta
-        B, H, W, C = x.shape
-        gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
-        grid, meta = _launch(B, H, W, C, backward=True)
-        part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
-        _dw_bwd_kernel[grid](x, *x.stride(), w9, b1 if b1 is not None else w9, grad,
-                             *grad.stride(), gp, part, H, W, C, ACT=ACTIVATIONS[act],
-                             HAS_BIAS=b1 is not None, **meta)
-        # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
-        dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
-        grid, meta = _launch(B, H, W, C)
-        _dw_fwd_kernel[grid](gp, *gp.stride(), w9, w9, dx, H, W, C, ACT=0, HAS_BIAS=False,
-                             FLIP=True, **meta)
-        part = part.sum(0)                                             # (10, C)
-        dw = part[:9].t().reshape(w_shape).to(w_dtype)
-        db = part[9].to(b_dtype) if b_dtype is not None else None
-        return dx, dw, db, None
+        x, w9, bias = ctx.saved_tensors
+        dx, dw9, db = _dwconv_backward(grad, x, w9, bias, ctx.act)
+        return dx, dw9, (db if bias is not None else None), None
+
+
+# The same computation as custom operators, for torch.compile.
+def _dwconv_op(x: torch.Tensor, w9: torch.Tensor, bias: Optional[torch.Tensor],
+               act: int) -> torch.Tensor:
+    return _dwconv_forward(x, w9, bias, act)
+
+
+def _dwconv_backward_op(grad: torch.Tensor, x: torch.Tensor, w9: torch.Tensor,
+                        bias: Optional[torch.Tensor], act: int) -> List[torch.Tensor]:
+    dx, dw9, db = _dwconv_backward(grad, x, w9, bias, act)
+    return [dx, dw9.contiguous(), db]
+
+
+def _dwconv_backward_fake(grad, x, w9, bias, act):
+    return [x.new_empty(x.shape), w9.new_empty(w9.shape),
+            w9.new_empty(0 if bias is None else bias.shape)]
+
+
+def _dwconv_setup(ctx, inputs, output):
+    x, w9, bias, act = inputs
+    ctx.save_for_backward(x, w9, bias)
+    ctx.act = act
+
+
+def _dwconv_autograd(ctx, grad):
+    x, w9, bias = ctx.saved_tensors
+    dx, dw9, db = dwconv_backward_op(grad, x, w9, bias, ctx.act)
+    return dx, dw9, (db if bias is not None else None), None
+
+
+if triton is not None:
+    dwconv_backward_op = register_fused_op('dwconv3x3_act_backward', _dwconv_backward_op,
+                                           _dwconv_backward_fake)
+    dwconv_op = register_fused_op('dwconv3x3_act', _dwconv_op,
+                                  lambda x, w9, bias, act: x.new_empty(x.shape),
+                                  _dwconv_autograd, _dwconv_setup)
 
 
 def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
@@ -308,9 +357,6 @@ def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
         return _torch_impl(x, weight, bias, act)
     if x.is_cuda and torch.is_autocast_enabled('cuda') and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype('cuda'))  # what F.conv2d would do
-    return _fused(x, weight, bias, act)
-
-
-@torch.compiler.disable
-def _fused(x, weight, bias, act):
-    return apply_function(_DWConvAct, x, weight, bias, act)
+    w9 = weight.reshape(C, 9).float().contiguous()
+    b1 = None if bias is None else bias.float().contiguous()
+    return call_fused(_DWConvAct, dwconv_op, x, w9, b1, ACTIVATIONS[act])

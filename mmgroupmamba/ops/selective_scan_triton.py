@@ -37,12 +37,14 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   then over batch and segments in PyTorch (deterministic, no atomics).
 """
 import functools
+from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .dispatch import apply_function, triton_interpreting
+from .dispatch import (apply_function, call_fused, distinct, register_fused_op,
+                       triton_interpreting)
 
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
 
@@ -490,13 +492,15 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _block_l(length: int, block_d: int, training: bool, override=None):
-    """Chunk length: the backward walks the forward's chunks, so a forward that saves
-    states for it uses the (smaller) backward tile."""
+def _block_l(block_d: int, training: bool, override=None):
+    """Chunk length: the tile's elements over the channel block. The backward walks the
+    forward's chunks, so a forward that saves states for it uses the (smaller) backward
+    tile. It does not depend on the sequence length (short sequences are masked), so a
+    symbolic length under torch.compile adds no guard and no recompilation."""
     if override:
         return int(override)
     tile = TUNING['bwd_tile'] if training else TUNING['fwd_tile']
-    return max(16, min(tile // block_d, 1024, _next_pow2(length)))
+    return max(16, min(tile // block_d, 1024))
 
 
 @functools.lru_cache(None)
@@ -702,7 +706,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         batch, dim, L = u.shape
         block_d = min(64, max(16, _next_pow2(dim)))
         save = any(ctx.needs_input_grad[:7])
-        block_l = _block_l(L, block_d, save, block_l)
+        block_l = _block_l(block_d, save, block_l)
         A1 = A.reshape(dim).float().contiguous()
         D1 = None if D is None else D.float().contiguous()
         bias1 = None if delta_bias is None else delta_bias.float().contiguous()
@@ -780,62 +784,159 @@ def _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R):
                      _token_strides(z) if z is not None else (0, 0, 0), lnw, lnb)
 
 
+def _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks):
+    batch, H, W, _ = u.shape
+    G, d, R = w.shape
+    block_d = max(16, _next_pow2(d))
+    return _Cfg(batch, H * W, H, W, d, G, R, float(eps),
+                _block_l(block_d, save_states, block_l), block_d, u.device,
+                _flags(True, bias is not None, True, D is not None, z is not None,
+                       lnw is not None), seg_chunks)
+
+
+def _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,
+                          block_l, seg_chunks, save_states):
+    """The forward launches: ``(out, chunk-end states)`` (an empty tensor for the
+    states when ``save_states`` is off). ``w``, ``bias``, ``A``, ``D``, ``lnw``,
+    ``lnb``: fp32, contiguous; ``directions``: codes (:data:`DIRECTION_CODES`)."""
+    u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
+    if z is not None:
+        z = _tokens(z)[0]
+    cfg = _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks)
+    batch, H, W, GD = u.shape
+    out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
+    ops = _grouped_operands(u, xdbl, z, w, bias, A, D, lnw, lnb, cfg.G, cfg.R)
+    hs = _forward(cfg, ops, out, _token_strides(out), _direction_tensor(directions,
+                                                                          u.device),
+                  save_states)
+    return out, (hs if save_states else u.new_empty(0, dtype=torch.float32))
+
+
+def _grouped_scan_backward(grad_out, u, xdbl, z, w, bias, A, D, lnw, lnb, hs, eps,
+                           directions, block_l, seg_chunks):
+    """The backward launches: gradients of ``u, xdbl, z, w, bias, A, D, lnw, lnb`` (an
+    empty tensor for each absent input), the states ``hs`` from the forward."""
+    u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
+    if z is not None:
+        z = _tokens(z)[0]
+    cfg = _grouped_cfg(u, z, w, bias, D, lnw, eps, True, block_l, seg_chunks)
+    G, R = cfg.G, cfg.R
+    grad_out, sgo = _tokens(grad_out)
+    du = torch.empty_like(u, memory_format=torch.contiguous_format)
+    dz = (torch.empty_like(z, memory_format=torch.contiguous_format)
+          if z is not None else None)
+    # dt_r, B and C gradients: each position written once, in xdbl's dtype
+    dx = torch.empty(*xdbl.shape, device=u.device, dtype=xdbl.dtype)
+    sdx = _token_strides(dx)
+    sBd = (0, sdx[0], sdx[1], sdx[2])
+    ops = _grouped_operands(u, xdbl, z, w, bias, A, D, lnw, lnb, G, R)
+    grads = _backward(cfg, ops, grad_out, sgo, hs, _direction_tensor(directions, u.device),
+                      du, _token_strides(du), dx, sdx, dx[..., G * R:], sBd,
+                      dx[..., G * R + G:], sBd, dz,
+                      _token_strides(dz) if dz is not None else (0, 0, 0))
+    def absent():  # a fresh one for each absent input (a custom op's outputs are distinct)
+        return u.new_empty(0, dtype=torch.float32)
+    return (du, dx, absent() if dz is None else dz,
+            *(absent() if grads[k] is None else grads[k]
+              for k in ('w', 'bias', 'A', 'D', 'lnw', 'lnb')))
+
+
+def _present(grads, inputs):
+    """Gradients for the inputs that exist (None where an input is None)."""
+    return tuple(None if x is None else g for g, x in zip(grads, inputs))
+
+
 class _GroupedScanFn(torch.autograd.Function):
+    """The eager-mode autograd of the fused layer scan (see :func:`call_fused`)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cuda')
-    def forward(ctx, u, xdbl, z, dt_weight, dt_bias, A, D, ln_weight, ln_bias, eps,
-                directions, block_l, seg_chunks):
-        batch, H, W, GD = u.shape
-        G, d, R = dt_weight.shape
-        L = H * W
-        block_d = max(16, _next_pow2(d))
+    def forward(ctx, u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions, block_l,
+                seg_chunks):
         save = any(ctx.needs_input_grad)
-        block_l = _block_l(L, block_d, save, block_l)
-        u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
-        if z is not None:
-            z = _tokens(z)[0]
-        w = dt_weight.float().contiguous()
-        bias, A1, D1, lnw, lnb = [None if t is None else t.float().contiguous()
-                                  for t in (dt_bias, A, D, ln_weight, ln_bias)]
-        cfg = _Cfg(batch, L, H, W, d, G, R, float(eps), block_l, block_d, u.device,
-                   _flags(True, bias is not None, True, D1 is not None, z is not None,
-                          lnw is not None), seg_chunks)
-        dirs = _direction_tensor(directions, u.device)
-        out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
-        ops = _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R)
-        hs = _forward(cfg, ops, out, _token_strides(out), dirs, save)
-        ctx.cfg = cfg
-        ctx.meta = (directions, dt_weight.dtype)
-        ctx.save_for_backward(u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs)
+        out, hs = _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps,
+                                        directions, block_l, seg_chunks, save)
+        ctx.save_for_backward(u, xdbl, z, w, bias, A, D, lnw, lnb, hs)
+        ctx.args = (eps, directions, block_l, seg_chunks)
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, grad_out):
-        u, xdbl, z, w, bias, A1, D1, lnw, lnb, hs = ctx.saved_tensors
-        cfg = ctx.cfg
-        directions, w_dtype = ctx.meta
-        G, R = cfg.G, cfg.R
-        grad_out, sgo = _tokens(grad_out)
-        du = torch.empty_like(u, memory_format=torch.contiguous_format)
-        dz = (torch.empty_like(z, memory_format=torch.contiguous_format)
-              if z is not None else None)
-        # dt_r, B and C gradients: each position written once, in xdbl's dtype
-        dx = torch.empty(*xdbl.shape, device=u.device, dtype=xdbl.dtype)
-        sdx = _token_strides(dx)
-        sBd = (0, sdx[0], sdx[1], sdx[2])
-        dirs = _direction_tensor(directions, u.device)
-        ops = _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R)
-        grads = _backward(cfg, ops, grad_out, sgo, hs, dirs, du, _token_strides(du), dx,
-                          sdx, dx[..., G * R:], sBd, dx[..., G * R + G:], sBd,
-                          dz, _token_strides(dz) if dz is not None else (0, 0, 0))
-        return (du, dx, dz, grads['w'].to(w_dtype),
-                grads['bias'], grads['A'], grads['D'], grads['lnw'], grads['lnb'], None,
-                None, None, None)
+        saved = ctx.saved_tensors
+        grads = _grouped_scan_backward(grad_out, *saved, *ctx.args)
+        return (*_present(grads, saved[:9]), None, None, None, None)
 
 
-@torch.compiler.disable
+# The same computation as custom operators, for torch.compile.
+def _grouped_scan_op(u: torch.Tensor, xdbl: torch.Tensor, z: Optional[torch.Tensor],
+                     w: torch.Tensor, bias: Optional[torch.Tensor], A: torch.Tensor,
+                     D: Optional[torch.Tensor], lnw: Optional[torch.Tensor],
+                     lnb: Optional[torch.Tensor], eps: float, directions: List[int],
+                     block_l: Optional[int], seg_chunks: Optional[int],
+                     save_states: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,
+                                 block_l, seg_chunks, save_states)
+
+
+def _grouped_scan_fake(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions, block_l,
+                       seg_chunks, save_states):
+    batch, H, W, GD = u.shape
+    G, d, _ = w.shape
+    out = u.new_empty(batch, H, W, GD)
+    if not save_states:
+        return out, u.new_empty(0, dtype=torch.float32)
+    chunk = _block_l(max(16, _next_pow2(d)), True, block_l)
+    return out, u.new_empty(batch * G, (H * W + chunk - 1) // chunk, d, dtype=torch.float32)
+
+
+def _grouped_scan_backward_op(
+        grad_out: torch.Tensor, u: torch.Tensor, xdbl: torch.Tensor,
+        z: Optional[torch.Tensor], w: torch.Tensor, bias: Optional[torch.Tensor],
+        A: torch.Tensor, D: Optional[torch.Tensor], lnw: Optional[torch.Tensor],
+        lnb: Optional[torch.Tensor], hs: torch.Tensor, eps: float, directions: List[int],
+        block_l: Optional[int], seg_chunks: Optional[int]) -> List[torch.Tensor]:
+    return list(distinct(_grouped_scan_backward(grad_out, u, xdbl, z, w, bias, A, D, lnw,
+                                                lnb, hs, eps, directions, block_l,
+                                                seg_chunks)))
+
+
+def _grouped_scan_backward_fake(grad_out, u, xdbl, z, w, bias, A, D, lnw, lnb, hs, eps,
+                                directions, block_l, seg_chunks):
+    def like(t, dtype=None):
+        return (u.new_empty(0, dtype=torch.float32) if t is None
+                else t.new_empty(t.shape, dtype=dtype or t.dtype))
+    return [like(u), like(xdbl), like(z), like(w, torch.float32)] + [
+        like(t, torch.float32) for t in (bias, A, D, lnw, lnb)]
+
+
+def _grouped_scan_setup(ctx, inputs, output):
+    u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions, block_l, seg_chunks, _ = inputs
+    ctx.save_for_backward(u, xdbl, z, w, bias, A, D, lnw, lnb, output[1])
+    ctx.args = (eps, directions, block_l, seg_chunks)
+
+
+def _grouped_scan_autograd(ctx, grad_out, _grad_states):
+    saved = ctx.saved_tensors
+    grads = grouped_scan_backward_op(grad_out, *saved, *ctx.args)
+    return (*_present(grads, saved[:9]), None, None, None, None, None)
+
+
+grouped_scan_backward_op = register_fused_op(
+    'grouped_scan_backward', _grouped_scan_backward_op, _grouped_scan_backward_fake)
+grouped_scan_op = register_fused_op(
+    'grouped_scan', _grouped_scan_op, _grouped_scan_fake, _grouped_scan_autograd,
+    _grouped_scan_setup)
+
+
+def _compiled_grouped_scan(*args):
+    """The operator as :func:`call_fused` calls it under torch.compile: states are kept
+    for the backward when autograd records."""
+    save = torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    return grouped_scan_op(*args, save)[0]
+
+
 def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                                   ln_weight=None, ln_bias=None, eps=1e-5,
                                   directions=('row', 'col', 'row_rev', 'col_rev'),
@@ -875,6 +976,9 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
         raise ValueError(f'groups of more than {MAX_BLOCK_D} channels are not supported '
                          f'by the fused kernel (got {d}).')
     _check_device(u, xdbl, z)
-    return apply_function(_GroupedScanFn, u, xdbl, z, dt_weight, dt_bias, A.reshape(-1),
-                          D, ln_weight, ln_bias, eps, tuple(directions), _block_l,
-                          _seg_chunks)
+    f32 = [None if t is None else t.float().contiguous()
+           for t in (dt_weight, dt_bias, A.reshape(-1), D, ln_weight, ln_bias)]
+    w, bias, A1, D1, lnw, lnb = f32
+    codes = [DIRECTION_CODES[x] if isinstance(x, str) else int(x) for x in directions]
+    return call_fused(_GroupedScanFn, _compiled_grouped_scan, u, xdbl, z, w, bias, A1, D1,
+                      lnw, lnb, float(eps), codes, _block_l, _seg_chunks)

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmgroupmamba.ops import fused_kernels_enabled
 from ..layers import (ConvStem, Downsample, GroupMambaBlock, InferenceCache, LayerNorm,
                       VSSS)
-from ..utils import GraphedInference, GraphedTraining
+from ..utils import CompiledForward, GraphedInference, GraphedTraining
 
 
 @MODELS.register_module()
@@ -59,6 +59,14 @@ class GroupMamba(BaseModule):
             for fixed input shapes (classification, sliding-window segmentation).
         max_cuda_graphs (int): how many input signatures get an inference graph (each
             holds the memory of one forward); further ones run eagerly.
+        compile (bool | dict): run the forward (training and inference) through
+            ``torch.compile`` (:class:`~mmgroupmamba.models.utils.CompiledForward`):
+            the fused Triton kernels are custom operators, so the backbone is traced
+            as one graph; height and width are dynamic, so one compilation serves
+            every image size (detection's varying sizes). ``True`` for the defaults,
+            or a dict of ``torch.compile`` arguments (``mode``, ``backend``,
+            ``dynamic``, ...). The first call compiles (minutes; cached by Inductor
+            on disk afterwards). Not together with ``cuda_graph``.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
             loads our checkpoints and the released ones (converted on the fly).
     """
@@ -99,6 +107,7 @@ class GroupMamba(BaseModule):
                  scan_backend: str = 'auto',
                  cuda_graph: Union[bool, str] = False,
                  max_cuda_graphs: int = 4,
+                 compile: Union[bool, dict] = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -150,6 +159,15 @@ class GroupMamba(BaseModule):
         self.max_cuda_graphs = max_cuda_graphs
         if max_cuda_graphs < 1:
             raise ValueError(f'max_cuda_graphs must be at least 1, got {max_cuda_graphs}.')
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f'compile must be True, False or a dict of torch.compile '
+                            f'arguments, got {compile!r}.')
+        if compile is not False and cuda_graph:
+            raise ValueError('compile and cuda_graph are two ways of running the forward; '
+                             'set one of them.')
+        # (not ``self.compile``: that is nn.Module's method)
+        self.compile_options = (None if compile is False else
+                                {} if compile is True else dict(compile))
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
@@ -208,6 +226,8 @@ class GroupMamba(BaseModule):
             raise TypeError(f'GroupMamba expects floating-point images (float32; float16 '
                             f'or bfloat16 also work), got {x.dtype}: convert and '
                             'normalise them first (x.float(), or a data preprocessor).')
+        if self.compile_options is not None:
+            return self._compiled_forward()(x)
         if self.cuda_graph in (True, 'infer') and not self.training \
                 and GraphedInference.applies(x):
             return self._graphed_inference()(x)
@@ -267,6 +287,13 @@ class GroupMamba(BaseModule):
                 self._forward, self, extra_key=self._execution_settings)
         return runner
 
+    def _compiled_forward(self) -> CompiledForward:
+        runner = self.__dict__.get('_compiled_runner')
+        if runner is None:
+            runner = self.__dict__['_compiled_runner'] = CompiledForward(
+                self._forward, self.compile_options)
+        return runner
+
     def _execution_settings(self) -> tuple:
         """What selects the kernels of a forward besides the input: the mixers' and
         blocks' execution settings and the switches the ops read."""
@@ -289,6 +316,7 @@ class GroupMamba(BaseModule):
         state = super().__getstate__()
         state.pop('_graph_runner', None)
         state.pop('_train_graph_runner', None)
+        state.pop('_compiled_runner', None)
         return state
 
     # ------------------------------------------------------------------- train/freeze

@@ -1,4 +1,5 @@
+from .compiled_forward import CompiledForward
 from .graphed_inference import GraphedInference
 from .graphed_training import GraphedTraining
 
-__all__ = ['GraphedInference', 'GraphedTraining']
+__all__ = ['CompiledForward', 'GraphedInference', 'GraphedTraining']

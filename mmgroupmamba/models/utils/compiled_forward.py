@@ -1,0 +1,52 @@
+"""A module's forward through ``torch.compile``, one compilation for every image size.
+
+Detection trains on images of varying size (keep-ratio resize, padding to 32), so the
+backbone cannot replay CUDA graphs there; compiled, its forward and backward run as
+Inductor's fused kernels around our Triton operators (registered as ``torch.library``
+custom operators, see :func:`mmgroupmamba.ops.dispatch.call_fused`), traced as one graph.
+"""
+from typing import Callable
+
+import torch
+
+# Sides of at least this many pixels share one compilation (stride 32 at the last stage:
+# maps of at least 2 x 2); smaller ones are compiled for their size.
+MIN_DYNAMIC_SIZE = 64
+MAX_DYNAMIC_SIZE = 1 << 15
+
+
+class CompiledForward:
+    """``forward(x)`` compiled by ``torch.compile(forward, **options)``.
+
+    The input's height and width (dims 2 and 3 of an NCHW batch, when at least
+    :data:`MIN_DYNAMIC_SIZE`) are marked dynamic before the call, so the first
+    compilation already covers other sizes instead of compiling once more for the
+    second size seen (``options`` with ``dynamic=False`` keeps every size static;
+    ``dynamic=True`` makes the batch dynamic too).
+
+    Args:
+        forward: the eager forward, one tensor in.
+        options: keyword arguments of ``torch.compile`` (``mode``, ``backend``,
+            ``fullgraph``, ``dynamic``, ``options``).
+    """
+
+    def __init__(self, forward: Callable, options: dict):
+        self.options = dict(options)
+        kwargs = dict(self.options)
+        import torch._inductor.config as inductor_config
+        if kwargs.get('backend', 'inductor') == 'inductor' and hasattr(
+                inductor_config, 'strict_output_strides'):
+            # activations saved for the backward include channels-last views whose
+            # strides are symbolic (k * W): Inductor (torch 2.14) fails to order them
+            # ("cannot determine truth value of Relational"); exact strides need no order
+            kwargs['options'] = {'strict_output_strides': True, **kwargs.get('options', {})}
+        self._compiled = torch.compile(forward, **kwargs)
+
+    def __call__(self, x: torch.Tensor):
+        if self.options.get('dynamic') is not False:
+            for dim in (2, 3):
+                if x.shape[dim] >= MIN_DYNAMIC_SIZE:
+                    # the lower bound keeps every stage's map wider than one pixel, so
+                    # the compiler can order the strides of the channels-last views
+                    torch._dynamo.mark_dynamic(x, dim, min=MIN_DYNAMIC_SIZE, max=MAX_DYNAMIC_SIZE)
+        return self._compiled(x)

@@ -1,0 +1,136 @@
+"""The backbone's ``compile`` option: the fused Triton kernels are custom operators, so
+``torch.compile`` traces the backbone as one graph (no graph breaks), one compilation
+serves several image sizes, and the compiled forward and backward equal the eager ones.
+
+On CPU the kernels run in Triton's interpreter (a subprocess with ``TRITON_INTERPRET=1``)
+and the graphs run through Dynamo's counting backend (the traced graph executed as it
+is) and ``aot_eager`` (AOTAutograd: the operators' fake-tensor and autograd
+registrations), not Inductor, whose CPU code generation specialises convolution sizes.
+On a GPU the same checks run with Inductor at detection-like sizes, and the released
+fixture through the compiled backbone.
+"""
+import pytest
+import torch
+
+from conftest import (HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter)
+from mmgroupmamba.models import GroupMamba
+
+SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
+             mlp_ratios=[2, 2, 2, 2])
+requires_triton_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
+
+
+def test_compile_argument():
+    with pytest.raises(TypeError, match='compile must be'):
+        GroupMamba(SMALL, compile='yes')
+    with pytest.raises(ValueError, match='set one of them'):
+        GroupMamba(SMALL, compile=True, cuda_graph=True)
+    assert GroupMamba(SMALL, compile={}).compile_options == {}
+    assert GroupMamba(SMALL).compile_options is None
+
+
+def test_pytorch_path_traces_without_graph_breaks():
+    model = GroupMamba(SMALL, drop_path_rate=0.1)
+    x = torch.randn(1, 3, 64, 96)
+    for mode in ('train', 'eval'):
+        getattr(model, mode)()
+        explained = torch._dynamo.explain(model._forward)(x)
+        assert explained.graph_break_count == 0, (mode, explained.break_reasons)
+
+
+_INTERPRET_SCRIPT = '''
+    import torch
+    from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
+    from test_compile import SMALL
+    from mmgroupmamba.models import GroupMamba
+
+    def pair(backend):
+        torch.manual_seed(0)
+        model = GroupMamba(SMALL, drop_path_rate=0., scan_backend='triton',
+                           compile=dict(backend=backend))
+        eager = GroupMamba(SMALL, drop_path_rate=0., scan_backend='triton')
+        eager.load_state_dict(model.state_dict())
+        return model, eager
+
+    def check_step(model, eager, size):
+        x = torch.randn(2, 3, *size)
+        outs, ref = model(x), eager(x)
+        sum(o.square().mean() for o in outs).backward()
+        sum(o.square().mean() for o in ref).backward()
+        for a, r in zip(outs, ref):
+            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+        for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+        model.zero_grad(); eager.zero_grad()
+
+    # the fused kernels are in the traced graph, as operators, with no graph break
+    model, eager = pair('eager')
+    x = torch.randn(1, 3, 64, 64)
+    for mode in ('train', 'eval'):
+        getattr(model, mode)()
+        explained = torch._dynamo.explain(model._forward)(x)
+        assert explained.graph_break_count == 0, (mode, explained.break_reasons)
+        code = '\\n'.join(g.code for g in explained.graphs)
+        assert 'mmgroupmamba.grouped_scan' in code and 'mmgroupmamba.dwconv3x3_act' in code
+
+    # training steps at three sizes: one compilation, the eager outputs and gradients
+    counter = CompileCounter()
+    model, eager = pair(counter)
+    for size in [(64, 64), (64, 96), (96, 64)]:
+        check_step(model, eager, size)
+    assert counter.frame_count == 1, counter.frame_count
+
+    # through AOTAutograd: the operators' fake tensors and autograd formulas
+    counter = CompileCounterWithBackend('aot_eager')
+    model, eager = pair(counter)
+    check_step(model, eager, (64, 96))
+    print('interpreter ok')
+'''
+
+
+@requires_triton_interpreter
+def test_fused_operators_compile_in_the_interpreter():
+    run_in_triton_interpreter(_INTERPRET_SCRIPT)
+
+
+# ------------------------------------------------------------------------------- GPU
+@requires_triton_gpu
+def test_compiled_backbone_on_gpu_detection_sizes():
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    counter = CompileCounterWithBackend('inductor')
+    model = GroupMamba(SMALL, drop_path_rate=0., compile=dict(backend=counter)).cuda()
+    eager = GroupMamba(SMALL, drop_path_rate=0.).cuda()
+    eager.load_state_dict(model.state_dict())
+    for size in [(256, 320), (320, 256), (288, 352)]:
+        x = torch.randn(2, 3, *size, device='cuda')
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            outs, ref = model(x), eager(x)
+            loss = sum(o.float().square().mean() for o in outs)
+            ref_loss = sum(o.float().square().mean() for o in ref)
+        loss.backward()
+        ref_loss.backward()
+        for a, r in zip(outs, ref):
+            torch.testing.assert_close(a.float(), r.float(), atol=5e-2, rtol=5e-2)
+        for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+            scale = q.grad.abs().max().item() + 1e-6
+            torch.testing.assert_close(p.grad, q.grad, atol=5e-2 * scale, rtol=5e-2,
+                                       msg=name)
+        model.zero_grad()
+        eager.zero_grad()
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
+@requires_triton_gpu
+def test_released_fixture_through_the_compiled_backbone(reference):
+    from test_triton_scan import _small_classifier
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    model = _small_classifier(reference)
+    model[0].compile_options = {}   # the backbone, compiled by Inductor
+    exp = reference['expected']
+    with torch.no_grad():
+        logits = model(exp['input'].cuda())
+    torch.testing.assert_close(logits, exp['logits_eval'].cuda(), atol=1e-4, rtol=0)
+    torch._dynamo.reset()
