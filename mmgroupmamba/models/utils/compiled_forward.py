@@ -33,13 +33,8 @@ class CompiledForward:
     def __init__(self, forward: Callable, options: dict):
         self.options = dict(options)
         kwargs = dict(self.options)
-        import torch._inductor.config as inductor_config
-        if kwargs.get('backend', 'inductor') == 'inductor' and hasattr(
-                inductor_config, 'strict_output_strides'):
-            # activations saved for the backward include channels-last views whose
-            # strides are symbolic (k * W): Inductor (torch 2.14) fails to order them
-            # ("cannot determine truth value of Relational"); exact strides need no order
-            kwargs['options'] = {'strict_output_strides': True, **kwargs.get('options', {})}
+        if kwargs.get('backend', 'inductor') == 'inductor':
+            kwargs['options'] = {**_inductor_workarounds(), **kwargs.get('options', {})}
         self._compiled = torch.compile(forward, **kwargs)
 
     def __call__(self, x: torch.Tensor):
@@ -50,3 +45,24 @@ class CompiledForward:
                     # the compiler can order the strides of the channels-last views
                     torch._dynamo.mark_dynamic(x, dim, min=MIN_DYNAMIC_SIZE, max=MAX_DYNAMIC_SIZE)
         return self._compiled(x)
+
+
+def _inductor_workarounds() -> dict:
+    """Inductor settings that symbolic image sizes need, where the installed torch has
+    them:
+
+    * ``strict_output_strides``: activations saved for the backward include
+      channels-last views whose strides are symbolic (``k * W``); torch 2.14's Inductor
+      fails to order them ("cannot determine truth value of Relational"), exact
+      strides need no order;
+    * ``triton.coalesce_tiling_analysis`` off: on torch 2.11 it failed an assertion on
+      a symbolic-size pointwise node of the backward (``tiling_utils.get_pw_red_splits``;
+      Inductor's own notes say the analysis does not apply to dynamic shapes yet).
+    """
+    import torch._inductor.config as config
+    options = {}
+    if hasattr(config, 'strict_output_strides'):
+        options['strict_output_strides'] = True
+    if hasattr(config.triton, 'coalesce_tiling_analysis'):
+        options['triton.coalesce_tiling_analysis'] = False
+    return options
