@@ -30,6 +30,22 @@ def test_compile_argument():
     assert GroupMamba(SMALL).compile_options is None
 
 
+def test_compiled_backbone_copies_and_pickles():
+    """EMA hooks deep-copy the model: the copy compiles its own forward (the compiled
+    function of the original holds the original's parameters)."""
+    import copy
+    import pickle
+    model = GroupMamba(SMALL, compile=dict(backend='eager')).eval()
+    x = torch.randn(1, 3, 64, 64)
+    outs = model(x)
+    twin = copy.deepcopy(model)
+    assert '_compiled_runner' not in vars(twin)
+    for a, b in zip(outs, twin(x)):
+        assert torch.equal(a, b)
+    assert twin._compiled_runner is not model._compiled_runner
+    pickle.loads(pickle.dumps(model))
+
+
 def test_pytorch_path_traces_without_graph_breaks():
     model = GroupMamba(SMALL, drop_path_rate=0.1)
     x = torch.randn(1, 3, 64, 96)
