@@ -677,11 +677,16 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
 _DIRS_CACHE = {}
 
 
-def _direction_tensor(directions, device):
-    key = (tuple(directions), str(device))
+def _direction_codes(directions):
+    """Names (``row``, ...) or codes -> the codes of :data:`DIRECTION_CODES`."""
+    return [DIRECTION_CODES[x] if isinstance(x, str) else int(x) for x in directions]
+
+
+def _direction_tensor(codes, device):
+    """The direction codes as the int32 tensor the kernels read (one per device)."""
+    key = (tuple(codes), str(device))
     if key not in _DIRS_CACHE:
-        codes = [DIRECTION_CODES[x] if isinstance(x, str) else int(x) for x in directions]
-        _DIRS_CACHE[key] = torch.tensor(codes, dtype=torch.int32, device=device)
+        _DIRS_CACHE[key] = torch.tensor(list(key[0]), dtype=torch.int32, device=device)
     return _DIRS_CACHE[key]
 
 
@@ -784,6 +789,11 @@ def _grouped_operands(u, xdbl, z, w, bias, A1, D1, lnw, lnb, G, R):
                      _token_strides(z) if z is not None else (0, 0, 0), lnw, lnb)
 
 
+def _token_maps(u, xdbl, z):
+    """The layer's maps, each readable as (batch, token, channel) (copied if not)."""
+    return _tokens(u)[0], _tokens(xdbl)[0], None if z is None else _tokens(z)[0]
+
+
 def _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks):
     batch, H, W, _ = u.shape
     G, d, R = w.shape
@@ -799,9 +809,7 @@ def _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,
     """The forward launches: ``(out, chunk-end states)`` (an empty tensor for the
     states when ``save_states`` is off). ``w``, ``bias``, ``A``, ``D``, ``lnw``,
     ``lnb``: fp32, contiguous; ``directions``: codes (:data:`DIRECTION_CODES`)."""
-    u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
-    if z is not None:
-        z = _tokens(z)[0]
+    u, xdbl, z = _token_maps(u, xdbl, z)
     cfg = _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks)
     batch, H, W, GD = u.shape
     out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
@@ -816,9 +824,7 @@ def _grouped_scan_backward(grad_out, u, xdbl, z, w, bias, A, D, lnw, lnb, hs, ep
                            directions, block_l, seg_chunks):
     """The backward launches: gradients of ``u, xdbl, z, w, bias, A, D, lnw, lnb`` (an
     empty tensor for each absent input), the states ``hs`` from the forward."""
-    u, xdbl = _tokens(u)[0], _tokens(xdbl)[0]
-    if z is not None:
-        z = _tokens(z)[0]
+    u, xdbl, z = _token_maps(u, xdbl, z)
     cfg = _grouped_cfg(u, z, w, bias, D, lnw, eps, True, block_l, seg_chunks)
     G, R = cfg.G, cfg.R
     grad_out, sgo = _tokens(grad_out)
@@ -979,6 +985,6 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
     f32 = [None if t is None else t.float().contiguous()
            for t in (dt_weight, dt_bias, A.reshape(-1), D, ln_weight, ln_bias)]
     w, bias, A1, D1, lnw, lnb = f32
-    codes = [DIRECTION_CODES[x] if isinstance(x, str) else int(x) for x in directions]
     return call_fused(_GroupedScanFn, _compiled_grouped_scan, u, xdbl, z, w, bias, A1, D1,
-                      lnw, lnb, float(eps), codes, _block_l, _seg_chunks)
+                      lnw, lnb, float(eps), _direction_codes(directions), _block_l,
+                      _seg_chunks)
