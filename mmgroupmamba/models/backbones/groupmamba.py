@@ -302,8 +302,8 @@ class GroupMamba(BaseModule):
         blocks = [b for stage in self.stages for b in stage]
         mixers = tuple((b.mixer.impl, b.mixer.scan_backend, b.mixer.linear_mode,
                         b.mixer.fused_conv, b.mixer.mixer_cp) for b in blocks)
-        blocks = tuple((b.with_cp, b.ffn.recompute_hidden) for b in blocks)
-        return (mixers, blocks, fused_kernels_enabled(),
+        checkpointing = tuple((b.with_cp, b.ffn.recompute_hidden) for b in blocks)
+        return (mixers, checkpointing, fused_kernels_enabled(),
                 torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
                 torch.backends.cudnn.enabled)
 
