@@ -56,7 +56,8 @@ def test_bf16_training_without_grad_scaler(tmp_path):
     options += [f'{k}.persistent_workers=False' for k in loaders]
     options += ['train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=2',
                 'train_dataloader.batch_size=8']
-    cfg = _cfg(DEMO, '--amp', '--no-validate', '--work-dir', str(tmp_path / 'work'),
+    # (explicit: on a CUDA machine --amp alone means float16 with a loss scale)
+    cfg = _cfg(DEMO, '--amp', '--amp-dtype', 'bfloat16', '--no-validate', '--work-dir', str(tmp_path / 'work'),
                '--cfg-options', *options)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         runner = Runner.from_cfg(cfg)

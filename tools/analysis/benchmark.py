@@ -621,20 +621,23 @@ def make_timm_baseline(name, args, device):
 
 def measure_configuration(args, device, backends, mode, precision, ours_label, make_ours,
                           results):
-    """Our rows (each backend, eager and with ``--graph-backbone``) and the baselines at
-    the current batch size and input size."""
+    """Our rows (each backend, eager, with ``--graph-backbone`` and with
+    ``--compile-backbone``) and the baselines at the current batch size and input size."""
     from mmgroupmamba.ops import fused_kernels
     for spec in backends:
-        variants = [(spec, False)]
-        if (args.graph_backbone and device.type == 'cuda'
-                and parse_backend(spec)[0] == 'grouped'):
-            variants.append((f'{spec}+backbone-graph', True))
-        for label, graphed in variants:
+        variants = [(spec, None)]
+        grouped = parse_backend(spec)[0] == 'grouped'
+        if args.graph_backbone and device.type == 'cuda' and grouped:
+            variants.append((f'{spec}+backbone-graph', 'graph'))
+        if args.compile_backbone and grouped:
+            variants.append((f'{spec}+backbone-compile', 'compile'))
+        for label, execution in variants:
             with fused_kernels(uses_fused_kernels(spec, args)):
                 # --dense profiles the eager rows: the same kernels as the graphed ones
-                run_one(make_ours(spec, graphed), ours_label, label, mode, precision, args,
-                        device, results, prof=args.profile and not (args.dense and graphed),
-                        graphed=args.cuda_graph or graphed)
+                run_one(make_ours(spec, execution), ours_label, label, mode, precision,
+                        args, device, results,
+                        prof=args.profile and not (args.dense and execution),
+                        graphed=args.cuda_graph or execution == 'graph')
     for name in (args.baselines or []):
         try:
             import timm  # noqa: F401
@@ -656,19 +659,21 @@ def print_dense_table(results, ours_label):
         rows[(r['batch'], r['img'], r['mode'], r['model'], r['backend'])] = r
     print('\nbackbone only, bf16 autocast, ms per step (training: forward, backward, AdamW; '
           'ratios: time / baseline time)')
-    cols = ['shape', 'mode', 'GM eager', 'GM graph', 'Swin-T', 'ConvNeXt-T', 'graph/Swin',
-            'graph/CNX', 'eager/Swin', 'scan %']
+    cols = ['shape', 'mode', 'GM eager', 'GM graph', 'GM compiled', 'Swin-T', 'ConvNeXt-T',
+            'graph/Swin', 'graph/CNX', 'eager/Swin', 'compiled/Swin', 'scan %']
     print(' | '.join(f'{c:>12}' for c in cols))
     for batch, h, w in DENSE_SHAPES:
         for mode in ('train', 'infer'):
             key = (batch, (h, w), mode)
             eager = rows.get(key + (ours_label, 'triton'))
             graph = rows.get(key + (ours_label, 'triton+backbone-graph'))
+            compiled = rows.get(key + (ours_label, 'triton+backbone-compile'))
             swin, cnx = rows.get(key + ('Swin-T', 'timm')), rows.get(key + ('ConvNeXt-T', 'timm'))
             if eager is None and graph is None:
                 continue
             t = {k: ms(r) if r is not None else None for k, r in
-                 dict(eager=eager, graph=graph, swin=swin, cnx=cnx).items()}
+                 dict(eager=eager, graph=graph, compiled=compiled, swin=swin,
+                      cnx=cnx).items()}
 
             def ratio(a, b):
                 return f'{t[a] / t[b]:.2f}x' if t[a] and t[b] else '-'
@@ -676,9 +681,10 @@ def print_dense_table(results, ours_label):
             scan = (f"{100 * prof['scan_ms'] / prof['gpu_ms']:.1f}" if prof.get('gpu_ms')
                     else '-')
             cells = [f'{batch}x{h}x{w}', mode] + [f'{t[k]:.1f}' if t[k] else '-' for k in
-                                                  ('eager', 'graph', 'swin', 'cnx')]
+                                                  ('eager', 'graph', 'compiled', 'swin',
+                                                   'cnx')]
             cells += [ratio('graph', 'swin'), ratio('graph', 'cnx'), ratio('eager', 'swin'),
-                      scan]
+                      ratio('compiled', 'swin'), scan]
             print(' | '.join(f'{c:>12}' for c in cells))
 
 
@@ -744,6 +750,10 @@ def main(argv=None):
                         '(CUDA graphs of the backbone\'s forward, and backward in training, '
                         'replayed per call: what a user switches on in a config; head, '
                         'loss and optimizer stay eager)')
+    parser.add_argument('--compile-backbone', action='store_true',
+                        help='each grouped row again with the backbone\'s `compile=True` '
+                        '(torch.compile of its forward, dynamic in H and W; the first '
+                        'call, which compiles, is reported and not timed)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
@@ -793,7 +803,9 @@ def main(argv=None):
           f'{RELEASED_H200[("infer", "fp32")]}, infer AMP {RELEASED_H200[("infer", "amp")]}, '
           f'train AMP {RELEASED_H200[("train", "amp")]} img/s (21.7 GiB)')
 
-    def make_ours(spec, graph_backbone=False):
+    def make_ours(spec, execution=None):
+        """``execution``: None (eager), ``'graph'`` (the backbone's ``cuda_graph=True``)
+        or ``'compile'`` (its ``compile=True``)."""
         def make():
             # the reference rows stand in for the released code: never checkpointed
             reference = parse_backend(spec)[0] == 'reference'
@@ -802,11 +814,14 @@ def main(argv=None):
                 run_args.with_cp = run_args.mixer_cp = run_args.ffn_cp = False
             model = build_ours(run_args).to(device)
             configure(model, spec, run_args)
-            if graph_backbone:
+            if execution is not None:
                 from mmgroupmamba.models import GroupMamba
                 for m in model.modules():
                     if isinstance(m, GroupMamba):
-                        m.cuda_graph = True
+                        if execution == 'graph':
+                            m.cuda_graph = True
+                        else:
+                            m.compile_options = {}
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:

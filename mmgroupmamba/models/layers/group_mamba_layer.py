@@ -239,7 +239,10 @@ class ModulatedGroupMamba(nn.Module):
                          lambda: self._pack_params(params, blockdiag, amp_dtype))
 
     def _pack_params(self, params, blockdiag: bool, matmul_dtype=None):
-        layouts = self.__dict__.setdefault('_pack_layouts', {})
+        # compiled, the arrangement is traced (no cache: Dynamo of torch 2.11 breaks the
+        # graph at ``__dict__.setdefault``, and the compiler fuses the gather anyway)
+        layouts = (None if torch.compiler.is_compiling()
+                   else self.__dict__.setdefault('_pack_layouts', {}))
         out = pack_group_params(params, self.groups, blockdiag, layouts)
         out['A'] = -torch.exp(out.pop('A_log').float())
         if matmul_dtype is not None:

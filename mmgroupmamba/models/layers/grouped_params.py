@@ -11,7 +11,7 @@ every parameter element lands in exactly one place.
 The index is found by running the arrangement itself (:func:`arrange`) on tensors of
 element indices instead of parameters, so the packing cannot drift from it.
 """
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -122,15 +122,15 @@ def source_params(ops) -> list:
 
 
 def pack_group_params(params: list, ops, blockdiag: bool,
-                      layouts: dict) -> Dict[str, torch.Tensor]:
+                      layouts: Optional[dict]) -> Dict[str, torch.Tensor]:
     """The VSSS operators ``ops``' parameters ``params`` (:func:`source_params`) in the
     grouped layout (see :func:`arrange`), differentiable w.r.t. them. ``layouts`` caches
-    the :class:`PackLayout` per shapes; under ``torch.compile`` the arrangement is traced
-    as it is (the compiler fuses it)."""
+    the :class:`PackLayout` (one gather, one autograd node) per shapes; without it (under
+    ``torch.compile``) the arrangement is traced as it is and the compiler fuses it."""
     G = len(ops)
     d, R, N = ops[0].dim, ops[0].dt_rank, ops[0].d_state
     by_name = [params[i:i + G] for i in range(0, len(params), G)]
-    if torch.compiler.is_compiling():
+    if layouts is None:
         return arrange({name: ps for (name, _), ps in zip(SOURCES, by_name)}, d, R, N,
                        blockdiag)
     shapes = tuple(tuple(p.shape for p in ps) for ps in by_name)
