@@ -73,3 +73,24 @@ def test_backend_selection_errors():
         resolve_backend('cuda_magic', 'cpu')
     with pytest.raises(RuntimeError, match='cannot run on cpu'):
         resolve_backend('triton', 'cpu')
+    if 'mamba_ssm' not in available_backends('cuda'):
+        with pytest.raises(RuntimeError, match='mamba-ssm is not importable'):
+            resolve_backend('mamba_ssm', 'cuda')
+
+
+def test_backend_resolution_for_state_sizes():
+    cuda = available_backends('cuda')
+    # the Triton kernels are specialised for state size 1: auto skips them otherwise
+    assert resolve_backend('auto', 'cuda', d_state=4) == [b for b in cuda if b != 'triton'][0]
+    if 'triton' in cuda:
+        with pytest.raises(ValueError, match='d_state 1'):
+            resolve_backend('triton', 'cuda', d_state=4)
+
+
+def test_backend_resolution_traces_into_one_graph():
+    """Compiled, resolving ``auto`` is a constant, not the import attempts (a failed
+    import of mamba-ssm would break the graph)."""
+    expected = len(resolve_backend('auto', 'cuda'))
+    fn = torch.compile(lambda x: x + len(resolve_backend('auto', torch.device('cuda'))),
+                       fullgraph=True, backend='eager')
+    assert fn(torch.zeros(1)).item() == expected

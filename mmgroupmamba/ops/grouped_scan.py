@@ -24,8 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .dispatch import triton_interpreting
-from .selective_scan import _mamba_ssm_fn, _triton_grouped_fn, resolve_backend
+from .selective_scan import _module, resolve_backend
 from .selective_scan_chunked import chunked_linear_recurrence
 
 DEFAULT_DIRECTIONS = ('row', 'col', 'row_rev', 'col_rev')
@@ -131,7 +130,7 @@ def grouped_selective_scan_torch(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_w
 
 def _grouped_mamba_ssm(u, xdbl, z, dt_weight, dt_bias, A, D, ln_weight, ln_bias, eps,
                        directions):
-    fn = _mamba_ssm_fn()
+    fn = _module('mamba_ssm')
     batch, H, W, GD = u.shape
     G, d, R = dt_weight.shape
     A = A.float().reshape(GD, -1)
@@ -163,19 +162,10 @@ def grouped_selective_scan(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_weight=
     Returns:
         (B, H, W, G*d) in ``u``'s dtype (computed in fp32).
     """
-    n_state = A.numel() // u.shape[-1]
-    if backend == 'triton' and triton_interpreting():  # CPU tensors through Triton's interpreter
-        name = 'triton'
-    else:
-        name = resolve_backend(backend, u.device)
-    if name == 'triton' and n_state != 1:
-        if backend != 'auto':
-            raise ValueError(f'The fused Triton scan is specialised for d_state 1, got '
-                             f'{n_state}; use the pytorch or mamba_ssm backend.')
-        name = 'mamba_ssm' if _mamba_ssm_fn() is not None else 'pytorch'
+    name = resolve_backend(backend, u.device, d_state=A.numel() // u.shape[-1])
     args = (u, xdbl, z, dt_weight, dt_bias, A, D, ln_weight, ln_bias, eps, directions)
     if name == 'triton':
-        return _triton_grouped_fn()(*args)
+        return _module('triton').grouped_selective_scan_triton(*args)
     if name == 'mamba_ssm':
         return _grouped_mamba_ssm(*args)
     return grouped_selective_scan_torch(*args, sequential=name == 'reference')

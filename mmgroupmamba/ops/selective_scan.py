@@ -13,19 +13,18 @@ backend        what                                                    where
 state size 1). All backends take the same arguments, compute in fp32 and return ``u``'s
 dtype. The scans of a whole GroupMamba layer at once: :mod:`.grouped_scan`.
 """
-import functools
 from typing import Callable, Dict, List
 
 import torch
 
+from .dispatch import triton_interpreting
 from .selective_scan_chunked import selective_scan_chunked
 from .selective_scan_ref import selective_scan_ref
 
 SCAN_BACKENDS = ('auto', 'reference', 'pytorch', 'mamba_ssm', 'triton')
 
 
-@functools.lru_cache(None)
-def _mamba_ssm_fn():
+def _import_mamba_ssm():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception:  # not installed, or built for another torch/CUDA
@@ -33,26 +32,36 @@ def _mamba_ssm_fn():
     return selective_scan_fn
 
 
-@functools.lru_cache(None)
-def _triton_fn():
+def _import_triton():
     try:
-        from .selective_scan_triton import selective_scan_triton
+        from . import selective_scan_triton
     except Exception:  # triton missing or unusable
         return None
     return selective_scan_triton
 
 
-@functools.lru_cache(None)
-def _triton_grouped_fn():
-    try:
-        from .selective_scan_triton import grouped_selective_scan_triton
-    except Exception:  # triton missing or unusable
-        return None
-    return grouped_selective_scan_triton
+_IMPORTED: Dict[str, object] = {}
+
+
+def _module(backend: str):
+    """The importable implementation of ``backend`` (``mamba_ssm``: its function,
+    ``triton``: our kernel module), or None; imported once."""
+    if backend not in _IMPORTED:
+        _IMPORTED[backend] = (_import_mamba_ssm if backend == 'mamba_ssm'
+                              else _import_triton)()
+    return _IMPORTED[backend]
+
+
+@torch.compiler.assume_constant_result
+def _importable_cuda_backends() -> tuple:
+    """The CUDA backends that import here, fastest first. A constant to
+    ``torch.compile``: Dynamo cannot trace the import attempts (a failed import is a
+    graph break), so it calls this once and keeps the answer."""
+    return tuple(b for b in ('triton', 'mamba_ssm') if _module(b) is not None)
 
 
 def _mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    fn = _mamba_ssm_fn()
+    fn = _module('mamba_ssm')
     # mamba-ssm's kernel reads B and C as (batch, groups, N, L) and wants contiguous fp32
     # parameters; the output comes back in u's dtype.
     return fn(u.contiguous(), delta.contiguous(), A.float().contiguous(),
@@ -62,7 +71,7 @@ def _mamba_ssm(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
 
 
 def _triton(*args, **kwargs):
-    return _triton_fn()(*args, **kwargs)
+    return _module('triton').selective_scan_triton(*args, **kwargs)
 
 
 _IMPLS: Dict[str, Callable] = {
@@ -75,22 +84,24 @@ _IMPLS: Dict[str, Callable] = {
 
 def available_backends(device='cpu') -> List[str]:
     """Backends that can run on ``device``, fastest first (``reference`` last)."""
-    device = torch.device(device)
-    names = []
-    if device.type == 'cuda':
-        if _triton_fn() is not None:
-            names.append('triton')
-        if _mamba_ssm_fn() is not None:
-            names.append('mamba_ssm')
-    return names + ['pytorch', 'reference']
+    cuda = torch.device(device).type == 'cuda'
+    return [*(_importable_cuda_backends() if cuda else ()), 'pytorch', 'reference']
 
 
-def resolve_backend(backend: str, device) -> str:
-    """Turn ``auto`` into a concrete backend and check that a named one can run."""
+def resolve_backend(backend: str, device, d_state: int = 1) -> str:
+    """The one place that picks a scan backend: ``auto`` becomes the fastest one that
+    runs on ``device`` for state size ``d_state`` (the Triton kernels are specialised
+    for state size 1); a named one is checked and returned. ``triton`` on CPU tensors
+    runs in Triton's interpreter when ``TRITON_INTERPRET=1`` (the CPU tests)."""
     if backend not in SCAN_BACKENDS:
         raise ValueError(f'Unknown selective-scan backend {backend!r}; '
                          f'choose one of {SCAN_BACKENDS}.')
-    usable = available_backends(device)
+    if backend == 'triton' and triton_interpreting() and _module('triton') is not None:
+        usable = ['triton', 'pytorch', 'reference']
+    else:
+        usable = available_backends(device)
+    if d_state != 1 and backend == 'auto':
+        usable = [b for b in usable if b != 'triton']
     if backend == 'auto':
         return usable[0]
     if backend not in usable:
@@ -98,6 +109,9 @@ def resolve_backend(backend: str, device) -> str:
             f'Selective-scan backend {backend!r} cannot run on {device}: '
             + ('mamba-ssm is not importable (pip install mamba-ssm, built for this torch).'
                if backend == 'mamba_ssm' else 'it needs a CUDA device and Triton.'))
+    if backend == 'triton' and d_state != 1:
+        raise ValueError(f'The Triton scan is specialised for d_state 1, got {d_state}; '
+                         f'use the pytorch or mamba_ssm backend.')
     return backend
 
 
@@ -111,9 +125,6 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         delta_softplus: apply softplus to ``delta + delta_bias``.
         backend: one of :data:`SCAN_BACKENDS`.
     """
-    name = resolve_backend(backend, u.device)
-    if name == 'triton' and backend == 'auto' and A.shape[-1] != 1:
-        # the Triton kernel is specialised for state size 1
-        name = available_backends(u.device)[1]
+    name = resolve_backend(backend, u.device, d_state=A.shape[-1])
     return _IMPLS[name](u, delta, A, B, C, D=D, delta_bias=delta_bias,
                         delta_softplus=delta_softplus)

@@ -13,16 +13,25 @@ import torch
 # maps of at least 2 x 2); smaller ones are compiled for their size.
 MIN_DYNAMIC_SIZE = 64
 MAX_DYNAMIC_SIZE = 1 << 15
+# The backbone's total stride: sides that are multiples of it (detection pads images to
+# 32, segmentation crops 512) are traced as ``ALIGN * k``.
+ALIGN = 32
 
 
 class CompiledForward:
     """``forward(x)`` compiled by ``torch.compile(forward, **options)``.
 
     The input's height and width (dims 2 and 3 of an NCHW batch, when at least
-    :data:`MIN_DYNAMIC_SIZE`) are marked dynamic before the call, so the first
-    compilation already covers other sizes instead of compiling once more for the
-    second size seen (``options`` with ``dynamic=False`` keeps every size static;
-    ``dynamic=True`` makes the batch dynamic too).
+    :data:`MIN_DYNAMIC_SIZE`) are dynamic, so the first compilation already covers
+    other sizes instead of compiling once more for the second size seen (``options``
+    with ``dynamic=False`` keeps every size static; ``dynamic=True`` makes the batch
+    dynamic too).
+
+    Sides that are multiples of :data:`ALIGN` reach the compiled function as a
+    ``(B, C, H / 32, 32, W / 32, 32)`` view, flattened back inside it: the symbolic
+    side is then ``32 * k``, every stage's size an exact multiple (``8 k`` at stride 4)
+    rather than a chain of floor divisions (``(H - 1) // 4 + 1``), which Inductor's
+    tiling of torch 2.11 fails to split ("CantSplit ... not divisible").
 
     Args:
         forward: the eager forward, one tensor in.
@@ -36,14 +45,24 @@ class CompiledForward:
         if kwargs.get('backend', 'inductor') == 'inductor':
             kwargs['options'] = {**_inductor_workarounds(), **kwargs.get('options', {})}
         self._compiled = torch.compile(forward, **kwargs)
+        self._compiled_aligned = torch.compile(
+            lambda x: forward(x.flatten(4, 5).flatten(2, 3)), **kwargs)
 
     def __call__(self, x: torch.Tensor):
-        if self.options.get('dynamic') is not False:
-            for dim in (2, 3):
-                if x.shape[dim] >= MIN_DYNAMIC_SIZE:
-                    # the lower bound keeps every stage's map wider than one pixel, so
-                    # the compiler can order the strides of the channels-last views
-                    torch._dynamo.mark_dynamic(x, dim, min=MIN_DYNAMIC_SIZE, max=MAX_DYNAMIC_SIZE)
+        if self.options.get('dynamic') is False:
+            return self._compiled(x)
+        H, W = x.shape[2:]
+        if H % ALIGN == 0 and W % ALIGN == 0 and min(H, W) >= MIN_DYNAMIC_SIZE:
+            blocks = x.unflatten(3, (W // ALIGN, ALIGN)).unflatten(2, (H // ALIGN, ALIGN))
+            for dim in (2, 4):
+                torch._dynamo.mark_dynamic(blocks, dim, min=MIN_DYNAMIC_SIZE // ALIGN,
+                                           max=MAX_DYNAMIC_SIZE // ALIGN)
+            return self._compiled_aligned(blocks)
+        for dim in (2, 3):
+            if x.shape[dim] >= MIN_DYNAMIC_SIZE:
+                # the lower bound keeps every stage's map wider than one pixel, so the
+                # compiler can order the strides of the channels-last views
+                torch._dynamo.mark_dynamic(x, dim, min=MIN_DYNAMIC_SIZE, max=MAX_DYNAMIC_SIZE)
         return self._compiled(x)
 
 
