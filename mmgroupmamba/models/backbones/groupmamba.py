@@ -23,7 +23,7 @@ class GroupMamba(BaseModule):
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (or ``'t'``, ``'s'``,
-            ``'b'``), or a dict with ``stem_channels``, ``embed_dims``, ``depths`` and
+            ``'b'``), ``'demo'`` (a narrow test preset), or a dict with ``stem_channels``, ``embed_dims``, ``depths`` and
             ``mlp_ratios`` (four entries each, widths divisible by 4).
         in_channels (int): input image channels.
         out_indices (Sequence[int]): stages whose outputs are returned (0-3). Stages
@@ -90,6 +90,14 @@ class GroupMamba(BaseModule):
             'depths': [3, 6, 21, 3],
             'mlp_ratios': [8, 8, 4, 4],
         }),
+        # the released block structure at a width that trains in minutes on a CPU (the
+        # demo configs, tests and the Triton-interpreter checks); no released weights
+        'demo': {
+            'stem_channels': 16,
+            'embed_dims': [32, 64, 96, 128],
+            'depths': [1, 1, 2, 1],
+            'mlp_ratios': [2, 2, 2, 2],
+        },
     }
     num_stages = 4
 
