@@ -6,6 +6,12 @@ import torch
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
+# The smallest GroupMamba the unit tests build (stem 8, widths 16/32/48/64, one block per
+# stage); the tests that want the released block structure use the 'demo' preset instead.
+# Shared, so do not mutate it: derive variants with dict(MICRO_ARCH, key=...).
+MICRO_ARCH = dict(stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                  mlp_ratios=[2, 2, 2, 2])
+
 
 def reference_dir():
     """The authors' fixtures: $MMGROUPMAMBA_REFERENCE, else ../shared/reference."""

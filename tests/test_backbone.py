@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import MICRO_ARCH
 from mmgroupmamba.models import GroupMamba, GroupMambaClsHead
 
-SMALL_ARCH = dict(stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                  mlp_ratios=[2, 2, 2, 2])
+SMALL_ARCH = MICRO_ARCH
 
 
 def _classifier_params(arch):

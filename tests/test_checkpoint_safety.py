@@ -20,8 +20,7 @@ from mmgroupmamba.utils import (TRUST_ENV, UnreadableCheckpointError, UnsafeChec
                                 unlisted_globals)
 from tools_import import load_tool, official2mm
 
-SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
-             mlp_ratios=[2, 2, 2, 2])
+SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
 
 
 class _RunsCode:

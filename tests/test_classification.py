@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
-from conftest import REPO_ROOT
+from conftest import MICRO_ARCH, REPO_ROOT
 from mmgroupmamba.datasets import SHAPE_CLASSES, generate_classification_set
 from mmgroupmamba.models.teachers import TimmRegNet
 from mmgroupmamba.utils import load_checkpoint_file
@@ -122,8 +122,7 @@ def test_no_weight_decay_on_1d_parameters_and_biases():
     from mmengine.optim import build_optim_wrapper
     from mmpretrain.registry import MODELS
     cfg = Config.fromfile(CONFIGS['t'])
-    cfg.model.backbone.arch = dict(stem_channels=8, embed_dims=[16, 32, 48, 64],
-                                   depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2])
+    cfg.model.backbone.arch = MICRO_ARCH
     cfg.model.head.update(in_channels=64, num_classes=10)
     cfg.optim_wrapper.type = 'OptimWrapper'  # AmpOptimWrapper needs a GPU
     cfg.optim_wrapper.pop('loss_scale')

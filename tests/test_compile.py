@@ -14,9 +14,9 @@ import torch
 
 from conftest import (HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter)
 from mmgroupmamba.models import GroupMamba
+from mmgroupmamba.runtime import runners
 
-SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
-             mlp_ratios=[2, 2, 2, 2])
+SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
 requires_triton_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
 
@@ -26,8 +26,8 @@ def test_compile_argument():
         GroupMamba(SMALL, compile='yes')
     with pytest.raises(ValueError, match='set one of them'):
         GroupMamba(SMALL, compile=True, cuda_graph=True)
-    assert GroupMamba(SMALL, compile={}).compile_options == {}
-    assert GroupMamba(SMALL).compile_options is None
+    assert GroupMamba(SMALL, compile={}).execution.compile_options == {}
+    assert GroupMamba(SMALL).execution.compile_options is None
 
 
 def test_compiled_backbone_copies_and_pickles():
@@ -39,10 +39,10 @@ def test_compiled_backbone_copies_and_pickles():
     x = torch.randn(1, 3, 64, 64)
     outs = model(x)
     twin = copy.deepcopy(model)
-    assert '_compiled_runner' not in vars(twin)
+    assert runners(twin).compiled is None
     for a, b in zip(outs, twin(x)):
         assert torch.equal(a, b)
-    assert twin._compiled_runner is not model._compiled_runner
+    assert runners(twin).compiled is not runners(model).compiled
     pickle.loads(pickle.dumps(model))
 
 
@@ -51,7 +51,7 @@ def test_pytorch_path_traces_without_graph_breaks():
     x = torch.randn(1, 3, 64, 96)
     for mode in ('train', 'eval'):
         getattr(model, mode)()
-        explained = torch._dynamo.explain(model._forward)(x)
+        explained = torch._dynamo.explain(model.forward_features)(x)
         assert explained.graph_break_count == 0, (mode, explained.break_reasons)
 
 
@@ -87,7 +87,7 @@ _INTERPRET_SCRIPT = '''
     x = torch.randn(1, 3, 64, 64)
     for mode in ('train', 'eval'):
         getattr(model, mode)()
-        explained = torch._dynamo.explain(model._forward)(x)
+        explained = torch._dynamo.explain(model.forward_features)(x)
         assert explained.graph_break_count == 0, (mode, explained.break_reasons)
         code = '\\n'.join(g.code for g in explained.graphs)
         assert 'mmgroupmamba.grouped_scan' in code and 'mmgroupmamba.dwconv3x3_act' in code
@@ -149,7 +149,7 @@ def test_released_fixture_through_the_compiled_backbone(reference):
     from test_triton_scan import _small_classifier
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model = _small_classifier(reference)
-    model[0].compile_options = {}   # the backbone, compiled by Inductor
+    model[0].execution.compile = True   # the backbone, compiled by Inductor
     exp = reference['expected']
     with torch.no_grad():
         logits = model(exp['input'].cuda())

@@ -8,13 +8,19 @@ import torch
 
 from conftest import requires_cuda
 from mmgroupmamba.models import GroupMamba
+from mmgroupmamba.runtime import runners
+from mmgroupmamba.runtime.executor import training_graph_blocker
 
-SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
-             mlp_ratios=[2, 2, 2, 2])
+SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
 
 
 def _eager(model, x):
-    return model._forward(x)
+    return model.forward_features(x)
+
+
+def _num_graphs(model, kind='inference'):
+    runner = getattr(runners(model), kind)
+    return 0 if runner is None else runner.num_graphs
 
 
 def _assert_outputs_equal(a, b):
@@ -30,36 +36,36 @@ def test_cuda_graph_argument_and_cpu_fallback():
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         _assert_outputs_equal(model(x), _eager(model, x))
-    assert '_graph_runner' not in vars(model)  # CPU input: eager
+    assert _num_graphs(model) == 0  # CPU input: eager
 
 
 def test_sync_batchnorm_in_training_blocks_graphed_training():
     model = GroupMamba(SMALL, cuda_graph=True)
-    assert model._training_graph_blocker() is None
+    assert training_graph_blocker(model) == ''
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    assert 'patch_embeds.0.conv.1' in model._training_graph_blocker()
+    assert 'patch_embeds.0.conv.1' in training_graph_blocker(model)
     model.eval()
-    assert model._training_graph_blocker() is None
+    assert training_graph_blocker(model) == ''
     model = GroupMamba(SMALL, norm_eval=True)
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).train()
-    assert model._training_graph_blocker() is None  # frozen statistics: no all-reduce
+    assert training_graph_blocker(model) == ''  # frozen statistics: no all-reduce
 
 
 def test_outputs_of_frozen_stages_block_graphed_training():
     # a captured backward needs every output to carry a gradient
     model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1).train()
-    assert 'outputs [0, 1]' in model._training_graph_blocker()
+    assert 'outputs [0, 1]' in training_graph_blocker(model)
     model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1, out_indices=(2, 3)).train()
-    assert model._training_graph_blocker() is None
+    assert training_graph_blocker(model) == ''
     model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=3, out_indices=(3, )).train()
-    assert 'outputs [3]' in model._training_graph_blocker()
+    assert 'outputs [3]' in training_graph_blocker(model)
 
 
 def test_gradient_copies_are_one_buffer_that_autograd_keeps():
     """Graphed training hands autograd copies of the graph's gradient buffers: one new
     buffer (not the graph's, which the next replay overwrites), whose views become the
     parameters' ``.grad`` as they are (no per-parameter copy by autograd)."""
-    from mmgroupmamba.models.utils.graphed_training import _copies
+    from mmgroupmamba.runtime.graphed_training import _copies
     params = [torch.nn.Parameter(torch.randn(*s)) for s in ((4, 3), (7, ), (2, 1, 3, 3))]
     sources = [torch.randn_like(p) for p in params]
     copies = _copies(sources)
@@ -96,7 +102,7 @@ def test_graph_replay_matches_eager_and_follows_weight_updates(amp):
         out1 = model(x1)
         kept = [o.clone() for o in out1]
         out2 = model(x2)
-        assert model._graph_runner.num_graphs == 1
+        assert _num_graphs(model) == 1
         _assert_outputs_equal(out2, _eager(model, x2))
         _assert_outputs_equal(out1, kept)  # a replay never overwrites earlier results
         _assert_outputs_equal(model(x1), kept)
@@ -123,13 +129,13 @@ def test_graphs_per_signature_capped_and_kept_alive():
     with torch.no_grad():
         for x in xs:
             _assert_outputs_equal(model(x), _eager(model, x))
-        assert model._graph_runner.num_graphs == 2  # the third shape ran eagerly
+        assert _num_graphs(model) == 2  # the third shape ran eagerly
         # other autocast dtypes replace the cached cast weights; the fp32 graph of the
         # first shape reads none of them and the fp16 graph keeps its own alive
         with torch.autocast('cuda', dtype=torch.bfloat16):
             model(xs[2])
         _assert_outputs_equal(model(xs[0]), _eager(model, xs[0]))
-    model.max_cuda_graphs = 3
+    model.execution.max_cuda_graphs = 3
     with torch.no_grad():
         with torch.autocast('cuda', dtype=torch.float16):
             half = model(xs[0])
@@ -153,12 +159,12 @@ def test_no_graph_while_training_or_recording():
         model(x)
     model.eval()
     out = model(x)  # autograd records: eager
-    assert out[-1].requires_grad and '_graph_runner' not in vars(model)
+    assert out[-1].requires_grad and _num_graphs(model) == 0
     with torch.no_grad():
         model(x)
-    assert model._graph_runner.num_graphs == 1
+    assert _num_graphs(model) == 1
     clone = copy.deepcopy(model)  # EMA copies: the graphs are not copied
-    assert '_graph_runner' not in vars(clone)
+    assert _num_graphs(clone) == 0
     with torch.no_grad():
         _assert_outputs_equal(clone(x), model(x))
 
@@ -168,7 +174,7 @@ def _train_pair(**kw):
     torch.manual_seed(0)
     eager = GroupMamba(SMALL, drop_path_rate=0., **kw).cuda().train()
     graphed = copy.deepcopy(eager)
-    graphed.cuda_graph = 'train'
+    graphed.execution.cuda_graph = 'train'
     return eager, graphed
 
 
@@ -195,7 +201,7 @@ def test_graphed_training_steps_match_eager(amp):
                 with torch.autocast('cuda', dtype=amp or torch.bfloat16,
                                     enabled=amp is not None):
                     _loss(model(x * 0.5)).backward()
-        assert graphed._train_graph_runner.num_graphs == 1
+        assert _num_graphs(graphed, 'training') == 1
         tol = dict(atol=1e-4, rtol=1e-4) if amp is None else dict(atol=2e-2, rtol=2e-2)
         for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
             torch.testing.assert_close(q, p, **tol, msg=name)
@@ -213,12 +219,14 @@ def test_graphed_training_draws_new_drop_path_masks_and_other_shapes_run_eagerly
     x = torch.randn(4, 3, 64, 48, device='cuda')
     a = model(x)[-1].detach().clone()
     b = model(x)[-1].detach().clone()
-    assert model._train_graph_runner.num_graphs == 1
+    assert _num_graphs(model, 'training') == 1
     assert (a - b).abs().max() > 1e-3  # replays draw new random masks
     model(torch.randn(2, 3, 64, 48, device='cuda'))  # another batch size: eager
-    assert model._train_graph_runner.num_graphs == 1
-    model.eval()  # mode changes drop the training graphs
-    assert model._train_graph_runner.num_graphs == 0
+    assert _num_graphs(model, 'training') == 1
+    model.eval()  # the next call after a mode change drops the training graphs
+    with torch.no_grad():
+        model(x)
+    assert _num_graphs(model, 'training') == 0
     with pytest.raises(ValueError, match='cuda_graph'):
         GroupMamba(SMALL, cuda_graph='always')
 

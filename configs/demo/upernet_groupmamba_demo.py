@@ -31,12 +31,8 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         # The released block structure at a width that trains in minutes on 2 CPU cores.
-        arch=dict(
-            _delete_=True,  # a dict in place of the base's preset name
-            stem_channels=16,
-            embed_dims=embed_dims,
-            depths=[1, 1, 2, 1],
-            mlp_ratios=[2, 2, 2, 2]),
+        # (GroupMamba.arch_zoo['demo']; embed_dims above are its widths)
+        arch='demo',
         drop_path_rate=0.0,
         # Trained from scratch: the stem BNs learn their statistics.
         norm_eval=False,

@@ -2,6 +2,7 @@
 # the train / test commands) with the small architecture.
 _base_ = ['./groupmamba-t_8xb128_in1k.py']
 
+# (the head's class block keeps the T config's mlp_ratio=4, the last stage's FFN ratio)
 model = dict(
     backbone=dict(arch='small'),
-    head=dict(in_channels=512, mlp_ratio=4))
+    head=dict(in_channels=512))

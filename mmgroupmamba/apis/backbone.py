@@ -23,7 +23,11 @@ def backbone_from_config(cfg, checkpoint: Optional[str] = None,
         raise ValueError(f'{cfg.filename}: expected a GroupMamba backbone, got '
                          f'{backbone_cfg.get("type")!r}.')
     backbone_cfg.pop('init_cfg', None)
-    backbone_cfg['cuda_graph'] = False
+    # eager: these tools trace the model or look at single calls
+    backbone_cfg.pop('cuda_graph', None)
+    backbone_cfg.pop('compile', None)
+    backbone_cfg['execution'] = dict(backbone_cfg.get('execution') or {}, cuda_graph=False,
+                                     compile=False)
     if out_indices is not None:
         backbone_cfg['out_indices'] = tuple(out_indices)
     backbone = MODELS.build(backbone_cfg)

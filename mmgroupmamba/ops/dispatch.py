@@ -1,50 +1,30 @@
-"""Where the Triton kernels run, one switch for the layers' fused kernels, and how
-their autograd Functions are called: in eager mode the Function itself, under
-``torch.compile`` the same computation as a ``torch.library`` custom operator
-(:func:`call_fused`, :func:`register_fused_op`).
+"""Where the Triton kernels run and how their autograd Functions are called: in eager
+mode the Function itself, under ``torch.compile`` the same computation as a
+``torch.library`` custom operator (:func:`call_fused`, :func:`register_fused_op`).
 
-The switch (on by default): off, :func:`~mmgroupmamba.ops.layer_norm`,
-:func:`~mmgroupmamba.ops.modulated_layer_norm`,
+:func:`~mmgroupmamba.ops.layer_norm`, :func:`~mmgroupmamba.ops.modulated_layer_norm`,
 :func:`~mmgroupmamba.ops.depthwise_conv3x3_act` and :func:`~mmgroupmamba.ops.linear`
-run their PyTorch compositions everywhere: to measure what the kernels buy, or to time
-the released execution. (The selective scan has its own choice of backend.)
+take ``fused=False`` to run their PyTorch compositions (the layers pass their execution
+policy's ``fused_kernels``, :class:`mmgroupmamba.execution.ExecutionPolicy`). The
+selective scan has its own choice of backend.
 """
-import contextlib
 import os
 from typing import Callable, Optional, Sequence
 
 import torch
-
-_state = {'enabled': True}
-
 
 def triton_interpreting() -> bool:
     """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
-def fused_kernel_applies(x: torch.Tensor) -> bool:
-    """Whether a layer's fused kernel may take ``x``: the switch is on, ``x`` is on CUDA
-    (or the interpreter runs kernels on CPU), and ``torch.jit`` is not tracing (FLOP
-    counting wants the PyTorch operators). Each op adds its own conditions (Triton
-    importable, supported shapes)."""
-    return (fused_kernels_enabled() and (x.is_cuda or triton_interpreting())
+def fused_kernel_applies(x: torch.Tensor, fused: bool = True) -> bool:
+    """Whether a fused kernel may take ``x``: the caller asks for it (``fused``), ``x``
+    is on CUDA (or the interpreter runs kernels on CPU), and ``torch.jit`` is not
+    tracing (FLOP counting wants the PyTorch operators). Each op adds its own
+    conditions (Triton importable, supported shapes)."""
+    return (fused and (x.is_cuda or triton_interpreting())
             and not torch.jit.is_tracing())
-
-
-def fused_kernels_enabled() -> bool:
-    return _state['enabled']
-
-
-@contextlib.contextmanager
-def fused_kernels(enabled: bool):
-    """``with fused_kernels(False): ...`` runs the block on the PyTorch compositions."""
-    previous = _state['enabled']
-    _state['enabled'] = bool(enabled)
-    try:
-        yield
-    finally:
-        _state['enabled'] = previous
 
 
 class _NoGraphCtx:

@@ -336,13 +336,14 @@ if triton is not None:
 
 
 def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
-                          act: str = 'none') -> torch.Tensor:
+                          act: str = 'none', fused: bool = True) -> torch.Tensor:
     """``act(depthwise_conv3x3(x) + bias)`` on a channels-last (B, H, W, C) map.
 
     Args:
         x: (B, H, W, C). weight: (C, 1, 3, 3) (an ``nn.Conv2d(C, C, 3, padding=1,
             groups=C)`` weight). bias: (C,) or None.
         act: ``none``, ``silu`` or ``gelu`` (exact, erf).
+        fused: the Triton kernel where it applies; ``False``: the PyTorch composition.
 
     Returns:
         (B, H, W, C), contiguous, in ``x``'s dtype on the fused path.
@@ -353,7 +354,7 @@ def depthwise_conv3x3_act(x: torch.Tensor, weight: torch.Tensor, bias=None,
     if x.dim() != 4 or tuple(weight.shape) != (C, 1, 3, 3):
         raise ValueError(f'Expected x (B, H, W, C) and weight (C, 1, 3, 3), got '
                          f'{tuple(x.shape)} and {tuple(weight.shape)}.')
-    if triton is None or not fused_kernel_applies(x):
+    if triton is None or not fused_kernel_applies(x, fused):
         return _torch_impl(x, weight, bias, act)
     if x.is_cuda and torch.is_autocast_enabled('cuda') and x.dtype == torch.float32:
         x = x.to(torch.get_autocast_dtype('cuda'))  # what F.conv2d would do

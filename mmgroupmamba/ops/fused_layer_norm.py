@@ -15,7 +15,7 @@ the statistics (the op keeps only its inputs) and reduces the weight and bias gr
 per program, then once over programs (deterministic).
 
 Elsewhere -- CPU, ``torch.jit`` tracing (FLOP counting), ``torch.compile`` (Inductor
-fuses the PyTorch composition itself) and with :func:`fused_kernels` off -- it is the
+fuses the PyTorch composition itself) and with ``fused=False`` -- it is the
 PyTorch composition.
 """
 import torch
@@ -202,22 +202,23 @@ class _LayerNormFn(torch.autograd.Function):
         return dx, (dy if mod else None), ds, dw, db, None, None, None
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
-    return (triton is not None and fused_kernel_applies(x)
+def _use_kernel(x: torch.Tensor, fused: bool) -> bool:
+    return (triton is not None and fused_kernel_applies(x, fused)
             and x.shape[-1] <= MAX_FUSED_CHANNELS and x.numel() > 0
             and not torch.compiler.is_compiling())
 
 
 def layer_norm(x: torch.Tensor, weight=None, bias=None, eps: float = 1e-5,
-               out_dtype: torch.dtype = None) -> torch.Tensor:
+               out_dtype: torch.dtype = None, fused: bool = True) -> torch.Tensor:
     """``F.layer_norm`` over the last dimension, written in ``out_dtype``.
 
     Args:
         x: (..., C). weight, bias: (C,) or None.
         out_dtype: dtype of the result; ``None`` keeps ``F.layer_norm``'s (``x``'s dtype,
             float32 under autocast).
+        fused: the Triton kernel where it applies; ``False``: the PyTorch composition.
     """
-    if not _use_kernel(x):
+    if not _use_kernel(x, fused):
         return _torch_impl(x, None, None, weight, bias, eps, out_dtype)
     if out_dtype is None:
         out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -227,19 +228,19 @@ def layer_norm(x: torch.Tensor, weight=None, bias=None, eps: float = 1e-5,
 
 def modulated_layer_norm(y: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, weight=None,
                          bias=None, eps: float = 1e-5,
-                         out_dtype: torch.dtype = None) -> torch.Tensor:
+                         out_dtype: torch.dtype = None, fused: bool = True) -> torch.Tensor:
     """``LN(y * x * scale)`` over the last dimension, in one pass on CUDA.
 
     Args:
         y, x: (B, ..., C) maps of the same shape.
         scale: (B, C), one factor per image and channel.
-        out_dtype: as in :func:`layer_norm`.
+        out_dtype, fused: as in :func:`layer_norm`.
     """
     if y.shape != x.shape or scale.dim() != 2 or scale.shape != (x.shape[0], x.shape[-1]):
         raise ValueError(f'modulated_layer_norm expects y and x of one shape (B, ..., C) '
                          f'and scale (B, C); got {tuple(y.shape)}, {tuple(x.shape)} and '
                          f'{tuple(scale.shape)}.')
-    if not _use_kernel(x):
+    if not _use_kernel(x, fused):
         return _torch_impl(y, x, scale, weight, bias, eps, out_dtype)
     if out_dtype is None:
         out_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type)

@@ -24,39 +24,23 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .directions import SCAN_DIRECTIONS, flatten_channels_last, unflatten_channels_last
 from .selective_scan import _module, resolve_backend
 from .selective_scan_chunked import chunked_linear_recurrence
-
-DEFAULT_DIRECTIONS = ('row', 'col', 'row_rev', 'col_rev')
-
-
-def _flatten(x: torch.Tensor, direction: str) -> torch.Tensor:
-    """(B, H, W, k) -> (B, k, H*W) in the order ``direction`` visits the pixels."""
-    x = x.permute(0, 3, 1, 2)
-    seq = x.transpose(2, 3).flatten(2) if direction.startswith('col') else x.flatten(2)
-    return seq.flip(-1) if direction.endswith('_rev') else seq
-
-
-def _unflatten(seq: torch.Tensor, direction: str, hw) -> torch.Tensor:
-    """Inverse of :func:`_flatten`: (B, k, H*W) -> (B, H, W, k)."""
-    H, W = hw
-    if direction.endswith('_rev'):
-        seq = seq.flip(-1)
-    if direction.startswith('col'):
-        return seq.unflatten(2, (W, H)).permute(0, 3, 2, 1)
-    return seq.unflatten(2, (H, W)).permute(0, 2, 3, 1)
 
 
 def arrange_groups(x: torch.Tensor, directions: Sequence[str]) -> torch.Tensor:
     """(B, H, W, G*k) -> (B, G*k, L): group g's k channels as a sequence in its direction."""
     parts = x.chunk(len(directions), dim=-1)
-    return torch.cat([_flatten(p, dr) for p, dr in zip(parts, directions)], dim=1)
+    return torch.cat([flatten_channels_last(p, dr) for p, dr in zip(parts, directions)],
+                     dim=1)
 
 
 def restore_groups(seq: torch.Tensor, directions: Sequence[str], hw) -> torch.Tensor:
     """Inverse of :func:`arrange_groups`: (B, G*k, L) -> (B, H, W, G*k)."""
     parts = seq.chunk(len(directions), dim=1)
-    return torch.cat([_unflatten(p, dr, hw) for p, dr in zip(parts, directions)], dim=-1)
+    return torch.cat([unflatten_channels_last(p, dr, hw) for p, dr in zip(parts, directions)],
+                     dim=-1)
 
 
 def _linear_recurrence(log_a: torch.Tensor, bx: torch.Tensor, sequential=False):
@@ -96,7 +80,7 @@ def _norm_and_gate(y, z, ln_weight, ln_bias, eps, G):
 
 
 def grouped_selective_scan_torch(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_weight=None,
-                                 ln_bias=None, eps=1e-5, directions=DEFAULT_DIRECTIONS,
+                                 ln_bias=None, eps=1e-5, directions=SCAN_DIRECTIONS,
                                  sequential=False):
     """PyTorch implementation (and test reference) of :func:`grouped_selective_scan`.
 
@@ -146,7 +130,7 @@ def _grouped_mamba_ssm(u, xdbl, z, dt_weight, dt_bias, A, D, ln_weight, ln_bias,
 
 
 def grouped_selective_scan(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_weight=None,
-                           ln_bias=None, eps=1e-5, directions=DEFAULT_DIRECTIONS,
+                           ln_bias=None, eps=1e-5, directions=SCAN_DIRECTIONS,
                            backend='auto'):
     """``LN_g(SSM_g(u_g)) * SiLU(z_g)`` for all groups g of a layer, in H x W order.
 
@@ -156,7 +140,7 @@ def grouped_selective_scan(u, xdbl, z, dt_weight, dt_bias, A, D=None, ln_weight=
         z: (B, H, W, G*d) gate input, or None.
         dt_weight: (G, d, R). dt_bias, D: (G*d,). A: (G*d, N) (negative; ``-exp(A_log)``).
         ln_weight, ln_bias: (G*d,) per-group ``out_norm`` affine, or None (no norm).
-        eps: the norm's epsilon. directions: per group, see ``DEFAULT_DIRECTIONS``.
+        eps: the norm's epsilon. directions: per group, see :data:`.SCAN_DIRECTIONS`.
         backend: ``auto``, ``triton``, ``mamba_ssm``, ``pytorch`` or ``reference``.
 
     Returns:

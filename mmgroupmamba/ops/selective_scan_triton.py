@@ -43,13 +43,12 @@ import torch
 import triton
 import triton.language as tl
 
+# Scan directions as the kernel knows them (``DIRECTION_CODES``, see ``_token_index``).
+from .directions import DIRECTION_CODES, SCAN_DIRECTIONS, direction_codes
 from .dispatch import (apply_function, call_fused, distinct, register_fused_op,
                        triton_interpreting)
 
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
-
-# Scan directions as the kernel knows them (see ``_token_index``).
-DIRECTION_CODES = {'row': 0, 'col': 1, 'row_rev': 2, 'col_rev': 3}
 
 # Launch tuning, from sweeps on one H200 (``tools/analysis/benchmark.py --scan-sweep``,
 # with ``--dense`` for the detection / segmentation shapes): elements of one (BLOCK_L,
@@ -677,11 +676,6 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
 _DIRS_CACHE = {}
 
 
-def _direction_codes(directions):
-    """Names (``row``, ...) or codes -> the codes of :data:`DIRECTION_CODES`."""
-    return [DIRECTION_CODES[x] if isinstance(x, str) else int(x) for x in directions]
-
-
 def _direction_tensor(codes, device):
     """The direction codes as the int32 tensor the kernels read (one per device)."""
     key = (tuple(codes), str(device))
@@ -945,7 +939,7 @@ def _compiled_grouped_scan(*args):
 
 def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                                   ln_weight=None, ln_bias=None, eps=1e-5,
-                                  directions=('row', 'col', 'row_rev', 'col_rev'),
+                                  directions=SCAN_DIRECTIONS,
                                   _block_l=None, _seg_chunks=None):
     """All groups of a GroupMamba layer in one launch (two for long sequences),
     ``d_state = 1``.
@@ -959,7 +953,8 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
         dt_weight: (G, d, R) dt projections. dt_bias, A, D: (G*d,), ``A = -exp(A_log)``.
         ln_weight, ln_bias: (G*d,) per-group ``out_norm`` affine (LayerNorm over each
             group's d channels, ``eps``) or None for no norm.
-        directions: one of ``row``, ``col``, ``row_rev``, ``col_rev`` per group.
+        directions: one of ``row``, ``col``, ``row_rev``, ``col_rev`` (or its code) per
+            group (:mod:`.directions`).
         _block_l, _seg_chunks: chunk length and chunks per segment instead of the tuned
             choice (tests).
 
@@ -986,5 +981,5 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
            for t in (dt_weight, dt_bias, A.reshape(-1), D, ln_weight, ln_bias)]
     w, bias, A1, D1, lnw, lnb = f32
     return call_fused(_GroupedScanFn, _compiled_grouped_scan, u, xdbl, z, w, bias, A1, D1,
-                      lnw, lnb, float(eps), _direction_codes(directions), _block_l,
+                      lnw, lnb, float(eps), direction_codes(directions), _block_l,
                       _seg_chunks)

@@ -7,7 +7,7 @@ sums three tensor-core products (``a_hi b_hi + a_hi b_lo + a_lo b_hi``), accumul
 float32: errors of the order of a float32 matmul's, at several times the float32
 throughput of the CUDA cores. GroupMamba's float32 inference spends about half its time
 in the linears of its FFNs, so they use it (:class:`mmgroupmamba.models.layers.Linear`,
-inference only; training keeps cuBLAS, and ``fused_kernels(False)`` turns it off).
+inference only; training keeps cuBLAS, and ``fused=False`` turns it off).
 """
 import torch
 import torch.nn.functional as F
@@ -101,19 +101,20 @@ def linear_tf32x3(x: torch.Tensor, weight: torch.Tensor, bias=None,
     return y.view(*x.shape[:-1], N)
 
 
-def tf32x3_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def tf32x3_applies(x: torch.Tensor, weight: torch.Tensor, fused: bool = True) -> bool:
     """Whether a float32 inference linear of ``x`` runs as :func:`linear_tf32x3`: not
     where TF32 matmuls are allowed (cuBLAS's single TF32 product is faster, and its
     precision was asked for)."""
-    return (triton is not None and fused_kernel_applies(x) and x.dtype == torch.float32
+    return (triton is not None and fused_kernel_applies(x, fused) and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() >= MIN_ROWS * x.shape[-1]
             and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and not torch.is_autocast_enabled(x.device.type)
             and not torch.backends.cuda.matmul.allow_tf32)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    """``F.linear``, as :func:`linear_tf32x3` where :func:`tf32x3_applies`."""
-    if tf32x3_applies(x, weight):
+def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, fused: bool = True) -> torch.Tensor:
+    """``F.linear``, as :func:`linear_tf32x3` where :func:`tf32x3_applies` (``fused=False``:
+    never)."""
+    if tf32x3_applies(x, weight, fused):
         return linear_tf32x3(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -196,15 +196,15 @@ def backend_usable(backend: str, device: torch.device):
 
 
 def configure(model, spec, args):
-    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
-    from mmgroupmamba.models.layers import LayerNorm
+    """Every execution policy of ``model`` (backbone and head) set for ``spec``: the
+    reference rows run as released (per-group mixers, PyTorch ops, every LayerNorm in
+    float32 under autocast)."""
+    from mmgroupmamba.execution import configure_execution
     impl, backend = parse_backend(spec)
-    set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode,
-                   mixer_cp=args.mixer_cp, fused_conv=not args.no_fused_conv)
-    if impl == 'reference':  # the released numerics: every LayerNorm in fp32 under autocast
-        for m in model.modules():
-            if isinstance(m, LayerNorm):
-                m.amp_output = False
+    configure_execution(model, mixer=impl, scan_backend=backend,
+                        linear_mode=args.linear_mode, mixer_cp=args.mixer_cp,
+                        fused_kernels=uses_fused_kernels(spec, args),
+                        norm_amp_output=impl != 'reference')
     return impl, backend
 
 
@@ -353,19 +353,19 @@ def profile(step, device, rows, label, steps=3):
 def check_against_reference(model, backends, args, device, n=8):
     """Max |logit difference| of every backend vs the per-group reference path with
     PyTorch's ops throughout (fp32)."""
-    from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl
+    from mmgroupmamba.execution import configure_execution, execution_override
     x = torch.randn(n, 3, *args.img_size, device=device)
     model.eval()
-    from mmgroupmamba.ops import fused_kernels
-    set_mixer_impl(model, impl='reference', scan_backend='pytorch', linear_mode='auto')
-    with fused_kernels(False):
+    with execution_override(model, mixer='reference', scan_backend='pytorch',
+                            linear_mode='auto', fused_kernels=False):
         ref = model(x).float()
     diffs = {}
     for spec in backends:
         impl, backend = parse_backend(spec)
         if backend_usable(backend, device):
             continue
-        set_mixer_impl(model, impl=impl, scan_backend=backend, linear_mode=args.linear_mode)
+        configure_execution(model, mixer=impl, scan_backend=backend,
+                            linear_mode=args.linear_mode)
         diffs[spec] = {'fp32': (model(x).float() - ref).abs().max().item()}
         if device.type == 'cuda':
             with torch.autocast('cuda', dtype=torch.bfloat16):
@@ -623,7 +623,6 @@ def measure_configuration(args, device, backends, mode, precision, ours_label, m
                           results):
     """Our rows (each backend, eager, with ``--graph-backbone`` and with
     ``--compile-backbone``) and the baselines at the current batch size and input size."""
-    from mmgroupmamba.ops import fused_kernels
     for spec in backends:
         variants = [(spec, None)]
         grouped = parse_backend(spec)[0] == 'grouped'
@@ -632,12 +631,11 @@ def measure_configuration(args, device, backends, mode, precision, ours_label, m
         if args.compile_backbone and grouped:
             variants.append((f'{spec}+backbone-compile', 'compile'))
         for label, execution in variants:
-            with fused_kernels(uses_fused_kernels(spec, args)):
-                # --dense profiles the eager rows: the same kernels as the graphed ones
-                run_one(make_ours(spec, execution), ours_label, label, mode, precision,
-                        args, device, results,
-                        prof=args.profile and not (args.dense and execution),
-                        graphed=args.cuda_graph or execution == 'graph')
+            # --dense profiles the eager rows: the same kernels as the graphed ones
+            run_one(make_ours(spec, execution), ours_label, label, mode, precision,
+                    args, device, results,
+                    prof=args.profile and not (args.dense and execution),
+                    graphed=args.cuda_graph or execution == 'graph')
     for name in (args.baselines or []):
         try:
             import timm  # noqa: F401
@@ -725,9 +723,6 @@ def main(argv=None):
                         help='recompute the FFNs\' depthwise conv + GELU in the backward')
     parser.add_argument('--mixer-cp', action='store_true',
                         help='activation checkpointing of the GroupMamba layers only')
-    parser.add_argument('--no-fused-conv', action='store_true',
-                        help='grouped layer: cuDNN depthwise conv + SiLU instead of the '
-                        'fused Triton kernel')
     parser.add_argument('--unfused', action='store_true',
                         help='our rows without the fused LayerNorm, depthwise-conv and '
                         '3xTF32 linear kernels (PyTorch\'s ops instead), to measure what '
@@ -788,7 +783,7 @@ def main(argv=None):
           f'{args.img_size[0]}x{args.img_size[1]}  amp dtype {args.amp_dtype}  '
           f'tf32 {args.tf32}  channels_last {args.channels_last}  compile {args.compile}  '
           f'with_cp {args.with_cp}  mixer_cp {args.mixer_cp}  ffn_cp {args.ffn_cp}  '
-          f'fused_conv {not args.no_fused_conv}  unfused {args.unfused}  '
+          f'unfused {args.unfused}  '
           f'cuda_graph {args.cuda_graph}  graph_backbone {args.graph_backbone}  '
           f'linear_mode {args.linear_mode}')
     try:
@@ -819,9 +814,9 @@ def main(argv=None):
                 for m in model.modules():
                     if isinstance(m, GroupMamba):
                         if execution == 'graph':
-                            m.cuda_graph = True
+                            m.execution.cuda_graph = True
                         else:
-                            m.compile_options = {}
+                            m.execution.compile = True
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:

@@ -5,7 +5,7 @@
 
 The graph is traced through the PyTorch execution of the model: every GroupMamba layer
 runs its per-group (released) path with the chunked PyTorch selective scan, and the
-layers' Triton kernels are switched off (``fused_kernels(False)``), so the file holds
+layers' Triton kernels are switched off (``fused_kernels=False``), so the file holds
 standard ONNX operators only and runs anywhere onnxruntime does. The exporter is torch's
 TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): it records the scan's
 Python loops unrolled, which the dynamo exporter cannot do for loops whose length comes
@@ -35,8 +35,7 @@ import torch.nn as nn
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
 from mmgroupmamba.apis import backbone_from_config  # noqa: E402
-from mmgroupmamba.models.layers.group_mamba_layer import set_mixer_impl  # noqa: E402
-from mmgroupmamba.ops import fused_kernels  # noqa: E402
+from mmgroupmamba.execution import execution_override  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -95,16 +94,16 @@ def build_classifier(cfg, checkpoint=None) -> nn.Module:
 
 def export(model, example, path, opset=17, dynamic_batch=False, output_names=None):
     """Trace ``model`` on ``example`` through its PyTorch execution and write ``path``."""
-    # The per-group path with the chunked PyTorch scan: under tracing the layers take the
-    # per-group path anyway (impl='auto'); the backend is set so that no CUDA kernel can be
-    # chosen for a model on the GPU.
-    set_mixer_impl(model, scan_backend='pytorch')
+    # The per-group path with the chunked PyTorch scan and PyTorch ops: under tracing the
+    # layers take the per-group path anyway (mixer='auto'); the backend and the kernels
+    # are set so that no CUDA kernel can be chosen for a model on the GPU.
     names = output_names or ['output']
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: 'batch'} for name in ['input', *names]}
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    with torch.no_grad(), fused_kernels(False):
+    with torch.no_grad(), execution_override(model, scan_backend='pytorch',
+                                             fused_kernels=False):
         torch.onnx.export(model, (example, ), path, dynamo=False, opset_version=opset,
                           input_names=['input'], output_names=names,
                           dynamic_axes=dynamic_axes, do_constant_folding=True)

@@ -100,7 +100,7 @@ def run(dtype_name, args, bench, pool, device):
                              drop_path_rate=args.drop_path).to(device).train()
     graphed = device.type == 'cuda' and not args.no_cuda_graph
     if graphed:
-        model.backbone.cuda_graph = 'train'
+        model.backbone.execution.cuda_graph = 'train'
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.999),
                                   **(dict(fused=True) if device.type == 'cuda' else {}))

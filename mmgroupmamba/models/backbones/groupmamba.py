@@ -1,8 +1,7 @@
 """GroupMamba backbone (Shaker et al., "GroupMamba: Parameter-Efficient and Accurate Group
 Visual State Space Model"), computing the same function as the released checkpoints."""
-import warnings
 from copy import deepcopy
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -11,10 +10,9 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmgroupmamba.ops import fused_kernels_enabled
-from ..layers import (ConvStem, Downsample, GroupMambaBlock, InferenceCache, LayerNorm,
-                      VSSS)
-from ..utils import CompiledForward, GraphedInference, GraphedTraining
+from mmgroupmamba.execution import ExecutionPolicy, share_execution
+from mmgroupmamba.runtime import execute
+from ..layers import ConvStem, Downsample, GroupMambaBlock, LayerNorm, VSSS
 
 
 @MODELS.register_module()
@@ -39,34 +37,23 @@ class GroupMamba(BaseModule):
             released models were trained with 0.05.
         norm_eval (bool): keep the stem's BatchNorms in eval mode while training
             (sensible for the small per-GPU batches of detection and segmentation).
-        with_cp (bool): activation checkpointing in every block.
-        ffn_cp (bool): recompute only each FFN's depthwise conv + GELU in the backward
-            instead of keeping its output, the widest activation of a block (r x C
-            channels): 2.6 GiB less for GroupMamba-T at batch 128 (AMP), for one more
-            fused conv kernel per FFN.
         d_state (int): SSM state size (1 in the released models).
-        scan_backend (str): selective-scan backend, see
-            :func:`mmgroupmamba.ops.selective_scan`.
-        cuda_graph (bool | str): replay CUDA graphs of the forward (and in training
-            of the backward) instead of launching every kernel from Python: eager
-            steps of this model are bound by the host CPU, not the GPU (an AMP
-            inference step launches ~500 kernels, a training step ~3300). ``'infer'``:
-            in eval mode without autograd, one graph per input shape, dtype and
-            autocast setting (:class:`~mmgroupmamba.models.utils.GraphedInference`);
-            ``'train'``: in train mode, the forward and backward of the first input
-            signature (:class:`~mmgroupmamba.models.utils.GraphedTraining`; other
-            shapes, e.g. a smaller last batch, run eagerly); ``True``: both. Worth it
-            for fixed input shapes (classification, sliding-window segmentation).
-        max_cuda_graphs (int): how many input signatures get an inference graph (each
-            holds the memory of one forward); further ones run eagerly.
-        compile (bool | dict): run the forward (training and inference) through
-            ``torch.compile`` (:class:`~mmgroupmamba.models.utils.CompiledForward`):
-            the fused Triton kernels are custom operators, so the backbone is traced
-            as one graph; height and width are dynamic, so one compilation serves
-            every image size (detection's varying sizes). ``True`` for the defaults,
-            or a dict of ``torch.compile`` arguments (``mode``, ``backend``,
-            ``dynamic``, ...). The first call compiles (minutes; cached by Inductor
-            on disk afterwards). Not together with ``cuda_graph``.
+        execution (dict, optional): how the backbone runs
+            (:class:`~mmgroupmamba.execution.ExecutionPolicy`, shared by every layer):
+            ``scan_backend``, ``fused_kernels``, ``mixer``, ``linear_mode``,
+            ``norm_amp_output``, checkpointing (``with_cp``; ``ffn_cp``: recompute each
+            FFN's depthwise conv + GELU, 2.6 GiB less for GroupMamba-T at batch 128;
+            ``mixer_cp``) and the runtime (:mod:`mmgroupmamba.runtime`): ``cuda_graph``
+            replays CUDA graphs of the forward (and in training of the backward)
+            instead of launching every kernel from Python (eager steps of this model
+            are bound by the host CPU: an AMP inference step launches ~500 kernels, a
+            training step ~3000; worth it for fixed input shapes: classification,
+            sliding-window segmentation); ``compile`` runs the forward through
+            ``torch.compile``, traced as one graph, dynamic in H and W (one compilation
+            for detection's varying sizes; the first call compiles, minutes).
+        with_cp, ffn_cp, scan_backend, cuda_graph, max_cuda_graphs, compile: shorthands
+            for the ``execution`` fields of the same names (``with_cp`` as in every
+            OpenMMLab backbone).
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
             loads our checkpoints and the released ones (converted on the fly).
     """
@@ -109,13 +96,14 @@ class GroupMamba(BaseModule):
                  frozen_stages: int = -1,
                  drop_path_rate: float = 0.05,
                  norm_eval: bool = False,
-                 with_cp: bool = False,
-                 ffn_cp: bool = False,
                  d_state: int = 1,
-                 scan_backend: str = 'auto',
-                 cuda_graph: Union[bool, str] = False,
-                 max_cuda_graphs: int = 4,
-                 compile: Union[bool, dict] = False,
+                 execution: Optional[dict] = None,
+                 with_cp: Optional[bool] = None,
+                 ffn_cp: Optional[bool] = None,
+                 scan_backend: Optional[str] = None,
+                 cuda_graph: Union[None, bool, str] = None,
+                 max_cuda_graphs: Optional[int] = None,
+                 compile: Union[None, bool, dict] = None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -149,8 +137,7 @@ class GroupMamba(BaseModule):
             offset = sum(depths[:i])
             self.stages.append(nn.Sequential(*[
                 GroupMambaBlock(embed_dims[i], mlp_ratios[i], drop_path=dpr[offset + j],
-                                d_state=d_state, scan_backend=scan_backend,
-                                with_cp=with_cp, ffn_cp=ffn_cp) for j in range(depth)]))
+                                d_state=d_state) for j in range(depth)]))
 
         # Stages 1-3 end in a norm that is part of the released network; stage 4 gets one
         # only as an output norm for dense prediction.
@@ -160,22 +147,10 @@ class GroupMamba(BaseModule):
             self.add_module(f'norm{self.num_stages - 1}',
                             LayerNorm(embed_dims[-1], eps=1e-6))
         self._freeze_stages()
-        if cuda_graph not in (False, True, 'infer', 'train'):
-            raise ValueError(f"cuda_graph must be False, True, 'infer' or 'train', got "
-                             f'{cuda_graph!r}.')
-        self.cuda_graph = cuda_graph
-        self.max_cuda_graphs = max_cuda_graphs
-        if max_cuda_graphs < 1:
-            raise ValueError(f'max_cuda_graphs must be at least 1, got {max_cuda_graphs}.')
-        if not isinstance(compile, (bool, dict)):
-            raise TypeError(f'compile must be True, False or a dict of torch.compile '
-                            f'arguments, got {compile!r}.')
-        if compile is not False and cuda_graph:
-            raise ValueError('compile and cuda_graph are two ways of running the forward; '
-                             'set one of them.')
-        # (not ``self.compile``: that is nn.Module's method)
-        self.compile_options = (None if compile is False else
-                                {} if compile is True else dict(compile))
+        shorthands = dict(with_cp=with_cp, ffn_cp=ffn_cp, scan_backend=scan_backend,
+                          cuda_graph=cuda_graph, max_cuda_graphs=max_cuda_graphs,
+                          compile=compile)
+        self.execution = share_execution(self, _execution_policy(execution, shorthands))
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
@@ -227,6 +202,8 @@ class GroupMamba(BaseModule):
 
     # ---------------------------------------------------------------------- forward
     def forward(self, x):
+        """The multi-scale NCHW outputs of ``x`` (B, C, H, W), run as
+        ``self.execution`` says (:func:`mmgroupmamba.runtime.execute`)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'GroupMamba expects (B, {self.in_channels}, H, W) images, '
                              f'got a tensor of shape {tuple(x.shape)}.')
@@ -234,40 +211,10 @@ class GroupMamba(BaseModule):
             raise TypeError(f'GroupMamba expects floating-point images (float32; float16 '
                             f'or bfloat16 also work), got {x.dtype}: convert and '
                             'normalise them first (x.float(), or a data preprocessor).')
-        if self.compile_options is not None:
-            return self._compiled_forward()(x)
-        if self.cuda_graph in (True, 'infer') and not self.training \
-                and GraphedInference.applies(x):
-            return self._graphed_inference()(x)
-        if self.cuda_graph in (True, 'train') and self.training \
-                and GraphedTraining.applies(x):
-            blocker = self._training_graph_blocker()
-            if blocker is None:
-                return self._graphed_training()(x)
-            warnings.warn(f'GroupMamba(cuda_graph={self.cuda_graph!r}): the training step '
-                          f'runs eagerly: {blocker}.')
-        return self._forward(x)
+        return execute(self, self.forward_features, x)
 
-    def _training_graph_blocker(self):
-        """Why the training forward cannot be captured here, or None."""
-        for name, m in self.named_modules():
-            # e.g. after mmengine's ``sync_bn='torch'`` converted the stem's BatchNorms
-            if m.training and (isinstance(m, nn.SyncBatchNorm)
-                               or type(m).__name__ == 'SyncBatchNorm'):
-                return (f'{name} is a SyncBatchNorm in training mode, whose all-reduce '
-                        'cannot run inside a captured graph (norm_eval=True freezes it)')
-        # the captured backward starts from every output: each needs a trainable
-        # parameter before it (frozen_stages may leave early outputs without one)
-        first_trainable = next((i for i in range(self.num_stages)
-                                if any(p.requires_grad for m in self._stage_modules(i)
-                                       for p in m.parameters())), self.num_stages)
-        frozen = [i for i in self.out_indices if i < first_trainable]
-        if frozen:
-            return (f'outputs {frozen} depend on frozen parameters only and carry no '
-                    'gradient')
-        return None
-
-    def _forward(self, x):
+    def forward_features(self, x):
+        """The computation itself, eagerly."""
         outs = []
         for i in range(max(self.out_indices) + 1):  # later stages would feed nothing
             # The stem takes the NCHW image; later embeddings take channels-last maps.
@@ -279,53 +226,13 @@ class GroupMamba(BaseModule):
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
-    def _graphed_inference(self) -> GraphedInference:
-        runner = self.__dict__.get('_graph_runner')
-        if runner is None or runner.max_graphs != self.max_cuda_graphs:
-            runner = self.__dict__['_graph_runner'] = GraphedInference(
-                self._forward, lambda: [*self.parameters(), *self.buffers()],
-                max_graphs=self.max_cuda_graphs, extra_key=self._execution_settings,
-                caches=self._inference_cache_values)
-        return runner
-
-    def _graphed_training(self) -> GraphedTraining:
-        runner = self.__dict__.get('_train_graph_runner')
-        if runner is None:
-            runner = self.__dict__['_train_graph_runner'] = GraphedTraining(
-                self._forward, self, extra_key=self._execution_settings)
-        return runner
-
-    def _compiled_forward(self) -> CompiledForward:
-        runner = self.__dict__.get('_compiled_runner')
-        if runner is None:
-            runner = self.__dict__['_compiled_runner'] = CompiledForward(
-                self._forward, self.compile_options)
-        return runner
-
-    def _execution_settings(self) -> tuple:
-        """What selects the kernels of a forward besides the input: the mixers' and
-        blocks' execution settings and the switches the ops read."""
-        # read off the blocks (the backbone's only mixers), not a walk of every module:
-        # this runs on every graphed call
-        blocks = [b for stage in self.stages for b in stage]
-        mixers = tuple((b.mixer.impl, b.mixer.scan_backend, b.mixer.linear_mode,
-                        b.mixer.fused_conv, b.mixer.mixer_cp) for b in blocks)
-        checkpointing = tuple((b.with_cp, b.ffn.recompute_hidden) for b in blocks)
-        return (mixers, checkpointing, fused_kernels_enabled(),
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                torch.backends.cudnn.enabled)
-
-    def _inference_cache_values(self) -> list:
-        return [v.value for m in self.modules() for v in vars(m).values()
-                if isinstance(v, InferenceCache)]
-
-    def __getstate__(self):
-        # copies and pickles (EMA models, torch.save(model)) leave the graphs out
-        state = super().__getstate__()
-        state.pop('_graph_runner', None)
-        state.pop('_train_graph_runner', None)
-        state.pop('_compiled_runner', None)
-        return state
+    def untrainable_outputs(self) -> list:
+        """The output stages (of ``out_indices``) with no trainable parameter before
+        them (frozen stages): their outputs carry no gradient."""
+        first_trainable = next((i for i in range(self.num_stages)
+                                if any(p.requires_grad for m in self._stage_modules(i)
+                                       for p in m.parameters())), self.num_stages)
+        return [i for i in self.out_indices if i < first_trainable]
 
     # ------------------------------------------------------------------- train/freeze
     def _stage_modules(self, i):
@@ -355,15 +262,23 @@ class GroupMamba(BaseModule):
 
     def train(self, mode=True):
         super().train(mode)
-        # free the graphs' memory: inference graphs before the weights change, training
-        # graphs whenever the modes of the modules (BatchNorm, dropout) may change
-        if mode and '_graph_runner' in vars(self):
-            self._graph_runner.reset()
-        if '_train_graph_runner' in vars(self):
-            self._train_graph_runner.reset()
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.patch_embeds[0].modules():
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+
+def _execution_policy(execution: Optional[dict], shorthands: dict) -> ExecutionPolicy:
+    """``execution`` with the keyword shorthands that were given; one setting given
+    both ways must agree."""
+    cfg = dict(execution or {})
+    for name, value in shorthands.items():
+        if value is None:
+            continue
+        if name in cfg and cfg[name] != value:
+            raise ValueError(f'GroupMamba got {name}={value!r} and execution.{name}='
+                             f'{cfg[name]!r}; set it once.')
+        cfg[name] = value
+    return ExecutionPolicy.from_config(cfg)

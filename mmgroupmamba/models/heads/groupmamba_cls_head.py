@@ -8,6 +8,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 from mmpretrain.models.heads import ClsHead
 
+from mmgroupmamba.execution import ExecutionPolicy, share_execution
 from ..layers import VSSS, ClassBlock, LayerNorm, Linear
 
 
@@ -31,7 +32,9 @@ class GroupMambaClsHead(ClsHead):
             (KL at temperature ``distill_tau``) or ``'none'``.
         distill_alpha (float): weight of the distillation term.
         distill_tau (float): temperature of ``'soft'`` distillation.
-        d_state (int), scan_backend (str): as in the backbone.
+        d_state (int): as in the backbone.
+        execution (dict, optional): the class block's execution settings, as the
+            backbone's (:class:`~mmgroupmamba.execution.ExecutionPolicy`).
     """
 
     def __init__(self,
@@ -42,7 +45,7 @@ class GroupMambaClsHead(ClsHead):
                  distill_alpha: float = 0.5,
                  distill_tau: float = 1.0,
                  d_state: int = 1,
-                 scan_backend: str = 'auto',
+                 execution: Optional[dict] = None,
                  loss: dict = dict(type='CrossEntropyLoss', loss_weight=1.0),
                  init_cfg: Optional[dict] = None,
                  **kwargs):
@@ -57,11 +60,11 @@ class GroupMambaClsHead(ClsHead):
         self.distill_type = distill_type
         self.distill_alpha = distill_alpha
         self.distill_tau = distill_tau
-        self.class_block = ClassBlock(in_channels, mlp_ratio, d_state=d_state,
-                                      scan_backend=scan_backend)
+        self.class_block = ClassBlock(in_channels, mlp_ratio, d_state=d_state)
         self.norm = LayerNorm(in_channels, eps=1e-6)
         self.fc = Linear(in_channels, num_classes)
         self.dist_fc = Linear(in_channels, num_classes)
+        self.execution = share_execution(self, ExecutionPolicy.from_config(execution))
 
     def init_weights(self):
         super().init_weights()

@@ -1,7 +1,11 @@
 """GroupMamba block and the class-token block of the classifier."""
+from typing import Optional
+
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
+
+from mmgroupmamba.execution import ExecutionPolicy, share_execution
 
 from .ffn import ConvFFN, Mlp
 from .group_mamba_layer import ModulatedGroupMamba
@@ -12,25 +16,26 @@ class GroupMambaBlock(nn.Module):
     """``x + DropPath(MGM(x))`` then ``x + DropPath(ConvFFN(LN(x)))``.
 
     There is no norm in front of the mixer: it normalises its input itself.
-    Channels-last maps (B, H, W, C) in and out.
+    Channels-last maps (B, H, W, C) in and out. ``execution``
+    (:class:`~mmgroupmamba.execution.ExecutionPolicy`, shared with every layer inside):
+    ``with_cp`` checkpoints the block.
     """
 
     def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.,
-                 d_state: int = 1, scan_backend: str = 'auto', with_cp: bool = False,
-                 ffn_cp: bool = False):
+                 d_state: int = 1, execution: Optional[ExecutionPolicy] = None):
         super().__init__()
-        self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
+        self.mixer = ModulatedGroupMamba(dim, d_state=d_state)
         self.norm = LayerNorm(dim, eps=1e-6, amp_output=True)  # feeds the FFN's fc1
-        self.ffn = ConvFFN(dim, int(dim * mlp_ratio), recompute_hidden=ffn_cp)
+        self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.with_cp = with_cp
+        self.execution = share_execution(self, execution or ExecutionPolicy())
 
     def _forward(self, x):
         x = x + self.drop_path(self.mixer(x))
         return x + self.drop_path(self.ffn(self.norm(x)))
 
     def forward(self, x):
-        if self.with_cp and x.requires_grad:
+        if self.execution.with_cp and x.requires_grad:
             return cp.checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
@@ -43,12 +48,13 @@ class ClassBlock(nn.Module):
     """
 
     def __init__(self, dim: int, mlp_ratio: float, d_state: int = 1,
-                 scan_backend: str = 'auto'):
+                 execution: Optional[ExecutionPolicy] = None):
         super().__init__()
-        self.mixer = ModulatedGroupMamba(dim, d_state=d_state, scan_backend=scan_backend)
+        self.mixer = ModulatedGroupMamba(dim, d_state=d_state)
         self.norm1 = LayerNorm(dim, eps=1e-6)
         self.norm2 = LayerNorm(dim, eps=1e-6)
         self.ffn = Mlp(dim, int(dim * mlp_ratio))
+        self.execution = share_execution(self, execution or ExecutionPolicy())
 
     def forward(self, cls_token):
         cls_token = cls_token + self.norm1(self.mixer(cls_token[:, None, None, :]))[:, 0, 0]

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
+from mmgroupmamba.execution import ExecutionPolicy, share_execution
 from mmgroupmamba.ops import depthwise_conv3x3_act
 from .linear import Linear
 
@@ -16,25 +17,25 @@ class ConvFFN(nn.Module):
     channels-last map as it is and keeps only its input for the backward; the PyTorch
     composition elsewhere).
 
-    Args:
-        recompute_hidden: while training, keep only the conv's input and recompute its
-            output (fc2's input) in the backward: the block's widest activation is then
-            held once instead of twice.
+    The execution policy's ``ffn_cp`` (``self.execution``): while training, keep only the
+    conv's input and recompute its output (fc2's input) in the backward: the block's
+    widest activation is then held once instead of twice.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, recompute_hidden: bool = False):
+    def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.recompute_hidden = recompute_hidden
         self.fc1 = Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
+        self.execution = share_execution(self, ExecutionPolicy())
 
     def _conv_fc2(self, h):
-        return self.fc2(depthwise_conv3x3_act(h, self.dwconv.weight, self.dwconv.bias, 'gelu'))
+        return self.fc2(depthwise_conv3x3_act(h, self.dwconv.weight, self.dwconv.bias, 'gelu',
+                                              fused=self.execution.fused_kernels))
 
     def forward(self, x):
         h = self.fc1(x)
-        if self.recompute_hidden and torch.is_grad_enabled() and h.requires_grad:
+        if self.execution.ffn_cp and torch.is_grad_enabled() and h.requires_grad:
             return cp.checkpoint(self._conv_fc2, h, use_reentrant=False)
         return self._conv_fc2(h)
 

@@ -17,19 +17,22 @@ Two executions of the same parameters:
 Both use the per-group modules' parameters (state-dict keys are unchanged, so every
 checkpoint loads into either) and compute the same function.
 """
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
+from mmgroupmamba.execution import LINEAR_MODES, ExecutionPolicy, share_execution
 from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan, linear
+from mmgroupmamba.ops.directions import SCAN_DIRECTIONS
+from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype
 from .grouped_params import pack_group_params, source_params
-from .linear import InferenceCache, Linear, autocast_dtype
+from .linear import Linear
 from .norm import LayerNorm
-from .vsss import SCAN_DIRECTIONS, VSSS
+from .vsss import VSSS
 
-MIXER_IMPLS = ('auto', 'grouped', 'reference')
-LINEAR_MODES = ('auto', 'blockdiag', 'bmm')
 
 
 class ChannelAffinity(nn.Module):
@@ -133,57 +136,36 @@ class ModulatedGroupMamba(nn.Module):
     Args:
         dim: channels C; must be divisible by 4 (the groups).
         d_state: SSM state size per group.
-        scan_backend: see :func:`mmgroupmamba.ops.selective_scan`.
-        impl: ``grouped`` (all groups in a few batched kernels), ``reference`` (one
-            VSSS after the other, as released) or ``auto`` (grouped, except while
-            ``torch.jit`` traces the model, e.g. to count FLOPs per released operator).
-        linear_mode: how the grouped path runs the groups' projections, see
-            :func:`grouped_linear`.
-        mixer_cp: recompute this layer in the backward instead of keeping its
-            activations (activation checkpointing of the mixer alone: it holds many
+        execution (ExecutionPolicy, optional): shared with the layers inside; this layer
+            reads ``mixer`` (``grouped``: all groups in a few batched kernels;
+            ``reference``: one VSSS after the other, as released; ``auto``: grouped,
+            except while ``torch.jit`` traces the model, e.g. to count FLOPs per
+            released operator), ``scan_backend``, ``linear_mode`` (see
+            :func:`grouped_linear`), ``fused_kernels`` and ``mixer_cp`` (recompute this
+            layer in the backward instead of keeping its activations: it holds many
             activations for little compute, unlike the FFN).
-        fused_conv: on CUDA, run the grouped path's depthwise conv, bias and SiLU as one
-            Triton kernel (:func:`mmgroupmamba.ops.depthwise_conv3x3_act`) instead of
-            cuDNN's conv and a separate SiLU.
     """
 
     num_groups = len(SCAN_DIRECTIONS)
 
-    def __init__(self, dim: int, d_state: int = 1, scan_backend: str = 'auto',
-                 impl: str = 'auto', linear_mode: str = 'auto', mixer_cp: bool = False,
-                 fused_conv: bool = True):
+    def __init__(self, dim: int, d_state: int = 1,
+                 execution: Optional[ExecutionPolicy] = None):
         super().__init__()
         if dim % self.num_groups != 0:
             raise ValueError(f'GroupMamba needs a width divisible by {self.num_groups} '
                              f'(one group per scan direction), got {dim}.')
         self.dim = dim
         self.d_state = d_state
-        self.scan_backend = scan_backend
-        self.impl = impl
-        self.linear_mode = linear_mode
-        self.mixer_cp = mixer_cp
-        self.fused_conv = fused_conv
-        group_dim = dim // self.num_groups
         # its output feeds the projections and the products with their outputs: under
         # autocast it is written in the autocast dtype
         self.norm = LayerNorm(dim, eps=1e-5, amp_output=True)
         self.affinity = ChannelAffinity(dim)
         self.groups = nn.ModuleList(
-            VSSS(group_dim, direction, d_state=d_state, scan_backend=scan_backend)
+            VSSS(dim // self.num_groups, direction, d_state=d_state)
             for direction in SCAN_DIRECTIONS)
         self.skip_scale = nn.Parameter(torch.ones(1))
         self.proj = Linear(dim, dim)
-
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str):
-        if value not in MIXER_IMPLS:
-            raise ValueError(f'Unknown GroupMamba mixer impl {value!r}; choose one of '
-                             f'{MIXER_IMPLS}.')
-        self._impl = value
+        self.execution = share_execution(self, execution or ExecutionPolicy())
 
     def __getstate__(self):
         # copies and pickles (EMA models, torch.save(model)) leave the inference cache out
@@ -192,18 +174,13 @@ class ModulatedGroupMamba(nn.Module):
         state.pop('_pack_layouts', None)
         return state
 
-    def set_scan_backend(self, backend: str):
-        """Use ``backend`` for the grouped scan and for every group's VSSS."""
-        self.scan_backend = backend
-        for op in self.groups:
-            op.scan_backend = backend
-
     def forward(self, x):
-        if self.impl == 'reference' or (self.impl == 'auto' and torch.jit.is_tracing()):
+        mixer = self.execution.mixer
+        if mixer == 'reference' or (mixer == 'auto' and torch.jit.is_tracing()):
             fn = self.forward_reference
         else:
             fn = self.forward_grouped
-        if self.mixer_cp and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        if self.execution.mixer_cp and torch.is_grad_enabled() and not torch.jit.is_tracing():
             return cp.checkpoint(fn, x, use_reentrant=False)
         return fn(x)
 
@@ -256,7 +233,8 @@ class ModulatedGroupMamba(nn.Module):
         ops = self.groups
         G = self.num_groups
         width = self.dim
-        mode = resolve_linear_mode(self.linear_mode, x, width, ops[0].dim)
+        fused = self.execution.fused_kernels
+        mode = resolve_linear_mode(self.execution.linear_mode, x, width, ops[0].dim)
         prm = self._grouped_params(mode)
         x = self.norm(x)
         affinity = self.affinity(x)
@@ -264,50 +242,25 @@ class ModulatedGroupMamba(nn.Module):
         # in_proj of every group: one GEMM (x and z halves as views of its output), or
         # the x halves and the z halves as two batched matmuls
         if mode == 'blockdiag':
-            xs, z = linear(x, prm['w_in_blockdiag']).split(width, dim=-1)
+            xs, z = linear(x, prm['w_in_blockdiag'], fused=fused).split(width, dim=-1)
         else:
             xs = grouped_linear(x, prm['w_x'], mode)
             z = grouped_linear(x, prm['w_z'], mode)
 
-        # the four depthwise convs are one depthwise conv over all G*d channels
-        if self.fused_conv:  # one Triton kernel on CUDA, PyTorch elsewhere
-            u = depthwise_conv3x3_act(xs, prm['conv_w'], prm['conv_b'], 'silu')
-        else:
-            u = F.conv2d(xs.permute(0, 3, 1, 2), prm['conv_w'], prm['conv_b'], padding=1,
-                         groups=xs.shape[-1])
-            u = F.silu(u).permute(0, 2, 3, 1)                            # (B, H, W, Gd)
-        xdbl = linear(u, prm['w_xdbl'])                                # (B, H, W, G(R+2N))
+        # the four depthwise convs are one depthwise conv over all G*d channels (one
+        # Triton kernel on CUDA)
+        u = depthwise_conv3x3_act(xs, prm['conv_w'], prm['conv_b'], 'silu', fused=fused)
+        xdbl = linear(u, prm['w_xdbl'], fused=fused)                                # (B, H, W, G(R+2N))
 
         y = grouped_selective_scan(
             u, xdbl, z, dt_weight=prm['dt_weight'], dt_bias=prm['dt_bias'], A=prm['A'],
             D=prm['D'], ln_weight=prm['ln_weight'], ln_bias=prm['ln_bias'],
             eps=ops[0].out_norm.eps, directions=tuple(op.direction for op in ops[:G]),
-            backend=self.scan_backend)
+            backend=self.execution.scan_backend)
         if mode == 'blockdiag':
-            y = linear(y, prm['w_out_blockdiag'])
+            y = linear(y, prm['w_out_blockdiag'], fused=fused)
         else:
             y = grouped_linear(y, prm['w_out'], mode)
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
         # merged first, in one pass (one kernel on CUDA)
         return self.proj(self.norm.modulated(y, x, self.skip_scale * affinity))
-
-
-def set_mixer_impl(model: nn.Module, impl: str = None, scan_backend: str = None,
-                   linear_mode: str = None, mixer_cp: bool = None,
-                   fused_conv: bool = None) -> nn.Module:
-    """Switch every GroupMamba layer of ``model``: execution (``impl``), scan backend,
-    grouped-linear mode, mixer checkpointing and the fused depthwise conv; ``None``
-    leaves a setting as it is."""
-    for m in model.modules():
-        if isinstance(m, ModulatedGroupMamba):
-            if impl is not None:
-                m.impl = impl
-            if scan_backend is not None:
-                m.set_scan_backend(scan_backend)
-            if linear_mode is not None:
-                m.linear_mode = linear_mode
-            if mixer_cp is not None:
-                m.mixer_cp = mixer_cp
-            if fused_conv is not None:
-                m.fused_conv = fused_conv
-    return model

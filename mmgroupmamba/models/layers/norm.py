@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmgroupmamba.execution import ExecutionPolicy
 from mmgroupmamba.ops import layer_norm, modulated_layer_norm
 
 
@@ -17,6 +18,11 @@ class LayerNorm(nn.LayerNorm):
             float32 that autocast gives a LayerNorm. For a norm whose output only feeds
             matmuls (which cast it to that dtype anyway) and products with their
             outputs; the norms of the residual stream and of stage outputs keep float32.
+            The execution policy's ``norm_amp_output=False`` (the released numerics)
+            turns it off.
+
+    Reads ``self.execution`` (:class:`~mmgroupmamba.execution.ExecutionPolicy`): the
+    Triton kernels (``fused_kernels``) and ``norm_amp_output``.
     """
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5, amp_output: bool = False,
@@ -26,10 +32,12 @@ class LayerNorm(nn.LayerNorm):
             raise ValueError('mmgroupmamba LayerNorm normalises the last dimension only; '
                              f'got normalized_shape={normalized_shape}.')
         self.amp_output = amp_output
+        self.execution = ExecutionPolicy()
 
     def _out_dtype(self, x):
         if torch.is_autocast_enabled(x.device.type):
-            return torch.get_autocast_dtype(x.device.type) if self.amp_output else torch.float32
+            amp_output = self.amp_output and self.execution.norm_amp_output
+            return torch.get_autocast_dtype(x.device.type) if amp_output else torch.float32
         return None
 
     def _check(self, x):
@@ -41,7 +49,8 @@ class LayerNorm(nn.LayerNorm):
         self._check(x)
         if torch.jit.is_tracing():
             return self._traced(x)
-        return layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x))
+        return layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x),
+                          fused=self.execution.fused_kernels)
 
     def modulated(self, y, x, scale):
         """``self(y * x * scale)`` with ``scale`` (B, C) per image, in one pass on CUDA."""
@@ -50,7 +59,7 @@ class LayerNorm(nn.LayerNorm):
             return self._traced(y * x * scale.view(scale.shape[0], *([1] * (x.dim() - 2)),
                                                    scale.shape[-1]))
         return modulated_layer_norm(y, x, scale, self.weight, self.bias, self.eps,
-                                    self._out_dtype(x))
+                                    self._out_dtype(x), fused=self.execution.fused_kernels)
 
     def _traced(self, x):
         # The ops' composition takes the normalised shape from x, which a trace records

@@ -5,30 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmgroupmamba.execution import ExecutionPolicy
 from mmgroupmamba.ops import selective_scan
-
-# Scan directions of the four groups, in the released order.
-SCAN_DIRECTIONS = ('row', 'col', 'row_rev', 'col_rev')
-
-
-def flatten_in_direction(x: torch.Tensor, direction: str) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, H*W) in the order the scan visits the pixels.
-
-    ``row``: left to right, rows top to bottom; ``col``: top to bottom, columns left to
-    right; ``*_rev``: the same sequences backwards.
-    """
-    seq = x.transpose(2, 3).flatten(2) if direction.startswith('col') else x.flatten(2)
-    return seq.flip(-1) if direction.endswith('_rev') else seq
-
-
-def unflatten_from_direction(seq: torch.Tensor, direction: str, hw) -> torch.Tensor:
-    """Inverse of :func:`flatten_in_direction`: (B, C, H*W) -> (B, C, H, W)."""
-    H, W = hw
-    if direction.endswith('_rev'):
-        seq = seq.flip(-1)
-    if direction.startswith('col'):
-        return seq.unflatten(2, (W, H)).transpose(2, 3)
-    return seq.unflatten(2, (H, W))
+from mmgroupmamba.ops.directions import (check_direction, flatten_in_direction,
+                                         unflatten_from_direction)
 
 
 class VSSS(nn.Module):
@@ -40,10 +20,12 @@ class VSSS(nn.Module):
 
     Args:
         dim: channels of the group (d).
-        direction: one of :data:`SCAN_DIRECTIONS`.
+        direction: one of :data:`mmgroupmamba.ops.directions.SCAN_DIRECTIONS`.
         d_state: SSM state size N (1 in GroupMamba).
         dt_rank: rank of the dt projection; ``'auto'`` is ceil(d / 16).
-        scan_backend: see :func:`mmgroupmamba.ops.selective_scan`.
+
+    Its scan backend is the execution policy's (``self.execution.scan_backend``, see
+    :func:`mmgroupmamba.ops.resolve_backend`).
 
     Inside a :class:`ModulatedGroupMamba` the four VSSS of a layer usually run together
     (its grouped path stacks their parameters); ``forward`` here is the per-group
@@ -52,16 +34,13 @@ class VSSS(nn.Module):
 
     def __init__(self, dim: int, direction: str = 'row', d_state: int = 1,
                  dt_rank='auto', dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, scan_backend: str = 'auto'):
+                 dt_init_floor: float = 1e-4):
         super().__init__()
-        if direction not in SCAN_DIRECTIONS:
-            raise ValueError(f'Unknown scan direction {direction!r}; '
-                             f'expected one of {SCAN_DIRECTIONS}.')
         self.dim = dim
-        self.direction = direction
+        self.direction = check_direction(direction)
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.scan_backend = scan_backend
+        self.execution = ExecutionPolicy()
         self._dt_range = (dt_min, dt_max, dt_init_floor)
 
         self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
@@ -100,7 +79,7 @@ class VSSS(nn.Module):
         dt = torch.einsum('brl,dr->bdl', dt, self.dt_proj.weight)
         y = selective_scan(u, dt, -torch.exp(self.A_log.float()), Bs, Cs, self.D,
                            delta_bias=self.dt_proj.bias, delta_softplus=True,
-                           backend=self.scan_backend)
+                           backend=self.execution.scan_backend)
 
         y = unflatten_from_direction(y, self.direction, (H, W)).permute(0, 2, 3, 1)
         y = self.out_norm(y) * F.silu(z)

@@ -4,7 +4,7 @@ import contextlib
 
 import torch
 
-from ..layers.linear import autocast_dtype
+from mmgroupmamba.utils.amp import autocast_dtype
 
 
 def capture_possible(x: torch.Tensor) -> bool:
