@@ -140,6 +140,17 @@ def _check(name, value):
         raise ValueError(f'max_cuda_graphs must be at least 1, got {value!r}.')
 
 
+def eager_backbone_config(backbone_cfg: dict) -> dict:
+    """A copy of a backbone config dict that runs eagerly (no CUDA graphs, not
+    compiled), whichever way the config asked for them: for tools that trace the
+    model or look at single calls (ONNX export, receptive fields)."""
+    cfg = dict(backbone_cfg)
+    cfg.pop('cuda_graph', None)
+    cfg.pop('compile', None)
+    cfg['execution'] = dict(cfg.get('execution') or {}, cuda_graph=False, compile=False)
+    return cfg
+
+
 def share_execution(root: nn.Module, policy: ExecutionPolicy) -> ExecutionPolicy:
     """Make ``policy`` the one policy of ``root`` and of every module under it that
     reads one (holds an ``execution`` attribute)."""

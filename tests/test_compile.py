@@ -116,32 +116,37 @@ def test_fused_operators_compile_in_the_interpreter():
 @requires_triton_gpu
 def test_compiled_backbone_on_gpu_detection_sizes():
     """``compile=True`` as a config sets it (Inductor with the backbone's settings):
-    three sizes, one graph, the eager outputs and gradients under bf16 autocast."""
+    three sizes, one graph, the eager outputs and gradients (float32 without TF32, so
+    that the comparison sees the computation, not bf16 rounding in another order)."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     model = GroupMamba(SMALL, drop_path_rate=0., compile=True).cuda()
     eager = GroupMamba(SMALL, drop_path_rate=0.).cuda()
     eager.load_state_dict(model.state_dict())
-    for size in [(256, 320), (320, 256), (288, 352)]:
-        x = torch.randn(2, 3, *size, device='cuda')
-        with torch.autocast('cuda', dtype=torch.bfloat16):
+    try:
+        for size in [(256, 320), (320, 256), (288, 352)]:
+            x = torch.randn(2, 3, *size, device='cuda')
             outs, ref = model(x), eager(x)
-            loss = sum(o.float().square().mean() for o in outs)
-            ref_loss = sum(o.float().square().mean() for o in ref)
-        loss.backward()
-        ref_loss.backward()
-        for a, r in zip(outs, ref):
-            torch.testing.assert_close(a.float(), r.float(), atol=5e-2, rtol=5e-2)
-        for (name, p), q in zip(model.named_parameters(), eager.parameters()):
-            scale = q.grad.abs().max().item() + 1e-6
-            torch.testing.assert_close(p.grad, q.grad, atol=5e-2 * scale, rtol=5e-2,
-                                       msg=name)
-        model.zero_grad()
-        eager.zero_grad()
-    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
-    torch._dynamo.reset()
+            sum(o.square().mean() for o in outs).backward()
+            sum(o.square().mean() for o in ref).backward()
+            for a, r in zip(outs, ref):
+                torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+            for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+                scale = q.grad.abs().max().item() + 1e-6
+                err = (p.grad - q.grad).abs().max().item()
+                torch.testing.assert_close(
+                    p.grad, q.grad, atol=1e-3 * scale, rtol=1e-3,
+                    msg=f'{name} {size}: max |difference| {err:.2e}, gradient scale {scale:.2e}')
+            model.zero_grad()
+            eager.zero_grad()
+        assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+        torch._dynamo.reset()
 
 
 @requires_triton_gpu

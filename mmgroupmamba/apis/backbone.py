@@ -17,17 +17,14 @@ def backbone_from_config(cfg, checkpoint: Optional[str] = None,
     """
     from mmengine.registry import MODELS
 
+    from mmgroupmamba.execution import eager_backbone_config
     from mmgroupmamba.utils import load_backbone_weights
     backbone_cfg = cfg.model.backbone.copy()
     if backbone_cfg.get('type') != 'GroupMamba':
         raise ValueError(f'{cfg.filename}: expected a GroupMamba backbone, got '
                          f'{backbone_cfg.get("type")!r}.')
     backbone_cfg.pop('init_cfg', None)
-    # eager: these tools trace the model or look at single calls
-    backbone_cfg.pop('cuda_graph', None)
-    backbone_cfg.pop('compile', None)
-    backbone_cfg['execution'] = dict(backbone_cfg.get('execution') or {}, cuda_graph=False,
-                                     compile=False)
+    backbone_cfg = eager_backbone_config(backbone_cfg)
     if out_indices is not None:
         backbone_cfg['out_indices'] = tuple(out_indices)
     backbone = MODELS.build(backbone_cfg)

@@ -35,7 +35,7 @@ import torch.nn as nn
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
 
 from mmgroupmamba.apis import backbone_from_config  # noqa: E402
-from mmgroupmamba.execution import execution_override  # noqa: E402
+from mmgroupmamba.execution import eager_backbone_config, execution_override  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -81,7 +81,7 @@ def build_classifier(cfg, checkpoint=None) -> nn.Module:
         raise ValueError(f'{cfg.filename} is a {cfg.default_scope} config: only '
                          'classifiers export whole; pass --backbone for its backbone.')
     model_cfg = cfg.model.copy()
-    model_cfg.backbone = dict(model_cfg.backbone, cuda_graph=False)
+    model_cfg.backbone = eager_backbone_config(model_cfg.backbone)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(model_cfg)
     if checkpoint:
