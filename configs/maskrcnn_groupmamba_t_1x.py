@@ -11,7 +11,7 @@
 #
 # Parameters: 40.62M in total (backbone 20.46M incl. the added stage-4 output norm, FPN
 # 2.61M, RPN 0.59M, RoI box head 14.31M, mask head 2.64M); the paper reports 40M.
-# (`pytest tests/test_detection.py -s` prints the breakdown.)
+# (`pytest tests/tasks/test_detection.py -s` prints the breakdown.)
 #
 # Model, data, schedule and runtime are mmdet's Mask R-CNN 1x bases (below); this file
 # sets what differs: the backbone and the FPN's input widths, AdamW, the 1000-iteration
@@ -91,7 +91,7 @@ optim_wrapper = dict(
 # epoch 12 at 1e-6. This matches "at epoch 9" exactly and reads "at epoch 11" as "after
 # epoch 11" (the usual "decay at 8 and 11" wording of the 1x schedule, mixing indexings);
 # a literal 1-indexed reading of both ("from epoch 9" and "from epoch 11" on) would be
-# milestones=[8, 10], which no reference config uses. tests/test_detection.py checks the
+# milestones=[8, 10], which no reference config uses. tests/tasks/test_detection.py checks the
 # per-epoch lr this produces.
 max_epochs = 12
 lr_milestones = [8, 11]

@@ -5,6 +5,11 @@ import pytest
 import torch
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# tests/ (helpers) and its folders, which mirror the package (ops, models, runtime) and
+# the tasks and tools; test modules import each other's helpers by module name
+TEST_DIRS = [osp.dirname(osp.abspath(__file__))] + sorted(
+    osp.join(osp.dirname(osp.abspath(__file__)), d) for d in
+    ('ops', 'models', 'runtime', 'tasks', 'tools'))
 
 # The smallest GroupMamba the unit tests build (stem 8, widths 16/32/48/64, one block per
 # stage); the tests that want the released block structure use the 'demo' preset instead.
@@ -61,12 +66,12 @@ requires_triton_interpreter = pytest.mark.skipif(
 
 
 def run_in_triton_interpreter(body: str):
-    """Run ``body`` (Python, with ``tests/`` and the repository importable) under
+    """Run ``body`` (Python, with the test folders and the repository importable) under
     ``TRITON_INTERPRET=1``; it must print ``interpreter ok`` at the end."""
     import subprocess
     import sys
     import textwrap
-    script = (f'import sys; sys.path[:0] = [{REPO_ROOT!r}, {osp.join(REPO_ROOT, "tests")!r}]\n'
+    script = (f'import sys; sys.path[:0] = {[REPO_ROOT, *TEST_DIRS]!r}\n'
               + textwrap.dedent(body))
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                             env=dict(os.environ, TRITON_INTERPRET='1'), timeout=600)
@@ -83,3 +88,20 @@ def _restore_default_scope():
     yield
     DefaultScope._instance_dict.clear()
     DefaultScope._instance_dict.update(saved)
+
+
+def released_small_classifier(reference, device='cpu'):
+    """The released fixture's small classifier (backbone + class-token head) with its
+    weights, in eval mode."""
+    from mmgroupmamba.models import GroupMamba, GroupMambaClsHead
+    from mmgroupmamba.utils import convert_official_state_dict, infer_official_arch
+    arch = infer_official_arch(reference['checkpoint']['model'])
+    sd = convert_official_state_dict(reference['checkpoint']['model'])
+    backbone = GroupMamba({k: arch[k] for k in ('stem_channels', 'embed_dims', 'depths',
+                                                'mlp_ratios')},
+                          out_indices=(3, ), final_norm=False, drop_path_rate=0.)
+    head = GroupMambaClsHead(arch['num_classes'], arch['embed_dims'][-1],
+                             mlp_ratio=arch['cls_mlp_ratio'])
+    backbone.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
+    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith('head.')})
+    return torch.nn.Sequential(backbone, head).to(device).eval()

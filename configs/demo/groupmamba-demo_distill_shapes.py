@@ -45,7 +45,7 @@ model = dict(
     # No Mixup/CutMix for the students (the teacher is trained with them): in 40 epochs
     # they keep this small student far from convergence (~87% with or without a
     # teacher), which would compare two under-trained models. The ImageNet configs mix;
-    # the mixed path (teacher on the mixed images) is covered by tests/test_distillation.
+    # the mixed path (teacher on the mixed images) is covered by tests/tasks/test_distillation.
     train_cfg=None,
 )
 

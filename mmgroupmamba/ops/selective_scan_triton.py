@@ -6,7 +6,7 @@ Two entry points share one pair of kernels:
   :func:`mmgroupmamba.ops.selective_scan` (``u, delta: (batch, dim, L)``, ``B, C:
   (batch, 1, L)``), for ``N = 1`` only.
 * :func:`grouped_selective_scan_triton` is the fused operator of a whole GroupMamba
-  layer: the four groups' scans in one launch (two for long sequences, see below), each
+  layer: the four groups' scans in one launch, each
   group reading its channels of the channels-last feature map in its own direction
   (row-major, column-major and both reversed) through index arithmetic (no flipped or
   transposed copies), with the dt projection, ``softplus``, the ``D`` skip, the
@@ -22,18 +22,25 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   the state entering the chunk is carried in registers;
 * parallel along the sequence: where batch x groups x channel blocks are too few
   programs to fill the GPU (detection and segmentation maps: batch 2, L up to several
-  hundred thousand), each sequence is cut into segments of whole chunks. A first launch
-  (``CARRY_PASS``) scans every segment but the last from a zero state and keeps only its
-  carry ``(prod a, h)``; the second folds the carries of the segments before it into its
-  entry state (``_entry_state``; the recurrence is associative) and writes the outputs.
-  One segment per sequence (classification batches) is the single launch of before;
+  hundred thousand), each sequence is cut into segments. By default (``LOOK_BACK``) a
+  segment is one chunk and the whole sequence is one launch: a program scans its chunk
+  from a zero state, publishes the chunk's carry ``(prod a, h)``, composes the carries
+  of the chunks before it until it meets one that has published its final state (a
+  decoupled look-back: the recurrence is associative), publishes its own final state
+  and writes the outputs; programs take their chunk from a counter in arrival order, so
+  a program only ever waits for programs already running. The alternative
+  (``look_back=0``): segments of whole chunks, a first launch (``CARRY_PASS``) that
+  scans every segment but the last from a zero state and keeps only its carry, and a
+  second that folds the carries before it into its entry state (``_entry_state``),
+  twice the work. One segment per sequence (classification batches) is a single launch
+  either way;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
   floats) for the backward, which walks each segment's chunks in reverse, recomputes the
   chunk's forward (states, LayerNorm statistics) from its entry state and runs the
-  reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t``; across segments the same two
-  launches as the forward carry the state gradient (``(prod alpha, s)`` per segment,
-  folded from the right by ``_exit_grad``). Parameter gradients are reduced per program,
+  reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t``; across segments the state
+  gradient (``(prod alpha, s)`` per segment) is carried from the right the same way as
+  the forward's state (look-back, or carry pass and ``_exit_grad``). Parameter gradients are reduced per program,
   then over batch and segments in PyTorch (deterministic, no atomics).
 """
 import functools
@@ -55,18 +62,22 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # BLOCK_D) tile and elements per thread (which sets the warps), forward and backward (the
 # backward keeps about twice as many tiles alive); sequences are cut into segments
 # (``segments_for``) only where fewer than ``split_below_per_sm`` programs per SM would
-# run, and then into enough for ``programs_per_sm``. Whole-model scan time, fwd | fwd+bwd
-# (ms), at 4 / 8 programs per SM: 2 x 800x1344 1.70 / 1.65 | 9.92 / 9.70; 16 x 512x512
-# 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 / 0.55 | 3.58 / 3.81. Batch 128 at 224
-# (512 programs) stays one segment: a cut doubles the work (the carry pass).
+# run; ``look_back`` scans them in one launch with one-chunk segments, else (a carry pass
+# first) they are cut into enough segments for ``programs_per_sm``. Whole-model scan
+# time, fwd | fwd+bwd (ms), H200, carry pass at 4 / 8 programs per SM: 2 x 800x1344 1.70
+# / 1.65 | 9.92 / 9.70; 16 x 512x512 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 /
+# 0.55 | 3.58 / 3.81. H100, carry pass at 8 programs per SM | look-back, same tiles: 2 x
+# 800x1344 fwd 1.66 | 1.33, fwd+bwd 9.37 | 7.66; 16 x 512x512 fwd 2.93 | 2.38, fwd+bwd
+# 17.19 | 13.77; 2 x 512x512 fwd 0.55 | 0.49, fwd+bwd 2.93 | 2.44. Batch 128 at 224 (512
+# programs) stays one segment.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
-              split_below_per_sm=2, programs_per_sm=8)
+              split_below_per_sm=2, programs_per_sm=8, look_back=1)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``); returns the
-    previous values."""
+    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``, ``look_back``);
+    returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -170,6 +181,79 @@ def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
     return s_c
 
 
+@triton.jit
+def _pack(p, s):
+    """Two fp32 vectors as one int64 each (``p`` in the low half, ``s`` in the high). A
+    slot starts with all bits set; each half is ready once it is not all ones any more (a
+    NaN pattern arithmetic never produces: NVIDIA GPUs write the canonical NaN). Both
+    halves are checked, since the compiler may store the 64 bits as two 32-bit words."""
+    lo = p.to(tl.uint32, bitcast=True).to(tl.int64)
+    hi = s.to(tl.uint32, bitcast=True).to(tl.int64)
+    return (hi << 32) | lo
+
+
+@triton.jit
+def _unpack(x):
+    """``(p, s, ready)`` of :func:`_pack`'s slots (ready: both halves written)."""
+    lo = x.to(tl.int32)
+    hi = (x >> 32).to(tl.int32)
+    return (lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True),
+            (lo != -1) & (hi != -1))
+
+
+@triton.jit
+def _chunk_ticket(lb_ptr, n_chunks, REVERSE: tl.constexpr):
+    """``(batch * G + group, channel block, chunk)`` of this program, in the order the
+    programs arrive (a counter, not the program id): every chunk a program waits for
+    belongs to a program that started earlier, so the look-back cannot deadlock."""
+    ticket = tl.atomic_add(lb_ptr, 1) + 1       # the counter starts at -1
+    per_chunk = tl.num_programs(0) * tl.num_programs(1)
+    q = (ticket // per_chunk).to(tl.int32)
+    r = (ticket % per_chunk).to(tl.int32)
+    if REVERSE:
+        k = n_chunks - 1 - q
+    else:
+        k = q
+    return r // tl.num_programs(1), r % tl.num_programs(1), k
+
+
+@triton.jit
+def _look_back(p, s, agg_ptr, inc_ptr, pid, k, n_chunks, d, j, mask_d,
+               BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
+    """The carry entering chunk ``k`` of a sequence, a one-pass scan across chunks
+    (decoupled look-back): publish the chunk's own ``(p, s)`` (the affine map ``x -> s +
+    p x`` it applies to the carry), compose the maps of the chunks before it (to the left,
+    or to the right for ``REVERSE``) until one has published its inclusive result, then
+    publish this chunk's inclusive result. Waiting happens only on chunks of earlier
+    programs (:func:`_chunk_ticket`)."""
+    tl.store(agg_ptr + (pid * n_chunks + k) * d + j, _pack(p, s), mask=mask_d)
+    if REVERSE:
+        step = -1
+    else:
+        step = 1
+    acc_p = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
+    acc_s = tl.zeros((BLOCK_D, ), dtype=tl.float32)
+    idx = k - step
+    while (idx >= 0) & (idx < n_chunks):
+        off = (pid * n_chunks + idx) * d + j
+        inc_p, inc_s, inc_ok = _unpack(tl.load(inc_ptr + off, mask=mask_d, other=0,
+                                               volatile=True))
+        agg_p, agg_s, agg_ok = _unpack(tl.load(agg_ptr + off, mask=mask_d, other=0,
+                                               volatile=True))
+        inc_ready = tl.min(inc_ok.to(tl.int32), axis=0) == 1
+        agg_ready = tl.min(agg_ok.to(tl.int32), axis=0) == 1
+        p_i = tl.where(inc_ready, inc_p, agg_p)
+        s_i = tl.where(inc_ready, inc_s, agg_s)
+        ready = inc_ready | agg_ready
+        acc_s = tl.where(ready, acc_s + acc_p * s_i, acc_s)
+        acc_p = tl.where(ready, acc_p * p_i, acc_p)
+        # an inclusive result ends the walk; an aggregate moves it one chunk on; neither:
+        # read the same chunk again
+        idx = tl.where(inc_ready, -1, tl.where(agg_ready, idx - step, idx))
+    tl.store(inc_ptr + (pid * n_chunks + k) * d + j, _pack(p, s + p * acc_s), mask=mask_d)
+    return acc_s
+
+
 @triton.jit(do_not_specialize=['L', 'H', 'W', 'n_chunks', 'seg_chunks', 'n_seg'])
 def _scan_fwd_kernel(
         u_ptr, s_u_b, s_u_l, s_u_c,
@@ -180,19 +264,23 @@ def _scan_fwd_kernel(
         z_ptr, s_z_b, s_z_l, s_z_c,
         lnw_ptr, lnb_ptr,
         out_ptr, s_o_b, s_o_l, s_o_c,
-        hs_ptr, seg_a_ptr, seg_h_ptr, dir_ptr,
+        hs_ptr, seg_a_ptr, seg_h_ptr, dir_ptr, lb_ptr,
         L, H, W, d, n_chunks, seg_chunks, n_seg, eps,
         G: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
         SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr):
+        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
     """One (batch, group, channel block, segment) per program. ``CARRY_PASS``: scan the
     segment from a zero state and store only its carry ``(prod a, h)``; otherwise start
-    from the earlier segments' carries and write the outputs."""
+    from the earlier segments' carries and write the outputs. ``LOOK_BACK``: segments of
+    one chunk, whose entry state comes from the chunks before it in the same launch
+    (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states)."""
     pid = tl.program_id(0)          # batch * G + group
     pid_d = tl.program_id(1)        # channel block inside the group
     pid_s = tl.program_id(2)        # segment of the sequence
+    if LOOK_BACK:
+        pid, pid_d, pid_s = _chunk_ticket(lb_ptr, n_chunks, False)
     b = (pid // G).to(tl.int64)
     g = pid % G
     direction = tl.load(dir_ptr + g)
@@ -225,7 +313,7 @@ def _scan_fwd_kernel(
     h = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     if CARRY_PASS:
         a_seg = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
-    else:
+    elif not LOOK_BACK:
         h = _entry_state(h, seg_a_ptr, seg_h_ptr, pid, pid_s, n_seg, d, j, mask_d,
                          SEG_BLOCK)
     k_begin = pid_s * seg_chunks
@@ -246,6 +334,12 @@ def _scan_fwd_kernel(
         a = tl.exp(delta * A[None, :])
         bx = delta * Bv[:, None] * u
         a_cum, h_loc = tl.associative_scan((a, bx), 0, _combine)
+        if LOOK_BACK:
+            slots = tl.num_programs(0) * n_chunks * d
+            h = _look_back(tl.sum(tl.where(last_row, a_cum, 0.), axis=0),
+                           tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr + 1,
+                           lb_ptr + 1 + slots, pid, k, n_chunks, d, j, mask_d, BLOCK_D,
+                           False)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
         h = tl.sum(tl.where(last_row, hh, 0.), axis=0)
@@ -286,7 +380,7 @@ def _scan_bwd_kernel(
         z_ptr, s_z_b, s_z_l, s_z_c,
         lnw_ptr, lnb_ptr,
         go_ptr, s_go_b, s_go_l, s_go_c,
-        hs_ptr, seg_p_ptr, seg_s_ptr, dir_ptr,
+        hs_ptr, seg_p_ptr, seg_s_ptr, dir_ptr, lb_ptr,
         du_ptr, s_du_b, s_du_l, s_du_c,
         ddl_ptr, s_ddl_b, s_ddl_l, s_ddl_c,
         dB_ptr, s_dB_k, s_dB_b, s_dB_l, s_dB_g,
@@ -298,15 +392,18 @@ def _scan_bwd_kernel(
         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        CARRY_PASS: tl.constexpr):
+        CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
     """One (batch, group, channel block, segment) per program, walking the segment's
     chunks backwards. ``CARRY_PASS``: run the reverse scan of the segment from a zero
     gradient and store only its carry ``(prod alpha, s)`` at the segment's first
     position; otherwise start from the later segments' carries and write the gradients
-    (parameter gradients as per-program partial sums)."""
+    (parameter gradients as per-program partial sums). ``LOOK_BACK``: segments of one
+    chunk, the carry from the chunks after it in the same launch (:func:`_look_back`)."""
     pid = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2) + seg_offset
+    if LOOK_BACK:
+        pid, pid_d, pid_s = _chunk_ticket(lb_ptr, n_chunks, True)
     b = (pid // G).to(tl.int64)
     g = pid % G
     direction = tl.load(dir_ptr + g)
@@ -345,7 +442,7 @@ def _scan_bwd_kernel(
     s_carry = tl.zeros((BLOCK_D, ), dtype=tl.float32)   # dL/dh entering from the right
     if CARRY_PASS:
         p_seg = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
-    else:
+    elif not LOOK_BACK:
         s_carry = _exit_grad(s_carry, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j,
                              mask_d, SEG_BLOCK)
     acc_A = tl.zeros((BLOCK_D, ), dtype=tl.float32)
@@ -426,6 +523,12 @@ def _scan_bwd_kernel(
         alpha = tl.where(mask_l1[:, None], tl.exp(delta1 * A[None, :]), 0.)
         e = dy * Cv[:, None]
         a_rcum, s_loc = tl.associative_scan((alpha, e), 0, _combine, reverse=True)
+        if LOOK_BACK:
+            slots = tl.num_programs(0) * n_chunks * d
+            s_carry = _look_back(tl.sum(tl.where(first_row, a_rcum, 0.), axis=0),
+                                 tl.sum(tl.where(first_row, s_loc, 0.), axis=0),
+                                 lb_ptr + 1, lb_ptr + 1 + slots, pid, k, n_chunks, d, j,
+                                 mask_d, BLOCK_D, True)
         s = s_loc + a_rcum * s_carry[None, :]
         s_carry = tl.sum(tl.where(first_row, s, 0.), axis=0)
         if CARRY_PASS:
@@ -614,62 +717,93 @@ def _warps(block_l, block_d, per_thread):
     return max(1, min(16, block_l * block_d // (32 * per_thread)))
 
 
+def _look_back_buffer(cfg, device):
+    """The one-pass launches' buffer: a counter, then one int64 slot per (sequence,
+    chunk, channel) for the aggregates and one for the inclusive carries, all set to -1
+    (not ready)."""
+    return torch.full((1 + 2 * cfg.programs * cfg.n_chunks * cfg.d, ), -1,
+                      dtype=torch.int64, device=device)
+
+
+def _one_pass(cfg):
+    """Sequences cut into segments are scanned in one launch with a look-back across
+    one-chunk segments (``TUNING['look_back']``) instead of a carry pass and a second
+    launch (which runs the segment's whole computation twice)."""
+    return cfg.n_seg > 1 and bool(TUNING['look_back'])
+
+
 def _forward(cfg, ops, out, so, dirs, save_states):
-    """Launch the forward (a carry pass first when the sequence is cut into segments);
-    returns the chunk-end states for the backward (or a placeholder)."""
+    """Launch the forward (with a look-back, or a carry pass first, when the sequence is
+    cut into segments); returns the chunk-end states for the backward (or a
+    placeholder)."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
           else ops.A)
     seg_a = seg_h = ops.A
     head = ops.kernel_args() + [out, *so, hs]
     meta = cfg.meta(TUNING['fwd_per_thread'])
+    if _one_pass(cfg):
+        lb = _look_back_buffer(cfg, ops.u.device)
+        sizes = (*cfg.sizes()[:5], 1, cfg.n_chunks)
+        _scan_fwd_kernel[cfg.grid(cfg.n_chunks)](
+            *head, seg_a, seg_h, dirs, lb, *sizes, cfg.eps, SAVE_STATES=save_states,
+            CARRY_PASS=False, LOOK_BACK=True, **meta)
+        return hs
     if cfg.n_seg > 1:
         seg_a = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
         seg_h = torch.empty_like(seg_a)
         _scan_fwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the last segment's carry is unused
-            *head, seg_a, seg_h, dirs, *cfg.sizes(), cfg.eps, SAVE_STATES=False,
-            CARRY_PASS=True, **meta)
+            *head, seg_a, seg_h, dirs, ops.A, *cfg.sizes(), cfg.eps, SAVE_STATES=False,
+            CARRY_PASS=True, LOOK_BACK=False, **meta)
     _scan_fwd_kernel[cfg.grid(cfg.n_seg)](
-        *head, seg_a, seg_h, dirs, *cfg.sizes(), cfg.eps, SAVE_STATES=save_states,
-        CARRY_PASS=False, **meta)
+        *head, seg_a, seg_h, dirs, ops.A, *cfg.sizes(), cfg.eps, SAVE_STATES=save_states,
+        CARRY_PASS=False, LOOK_BACK=False, **meta)
     return hs
 
 
 def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC, dz,
               sdz):
-    """Launch the backward (a carry pass first when the sequence is cut into segments);
-    returns the parameter gradients summed over batch and segments."""
+    """Launch the backward (with a look-back, or a carry pass first, when the sequence
+    is cut into segments); returns the parameter gradients summed over batch and
+    segments."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
+    one_pass = _one_pass(cfg)
+    n_seg = cfg.n_chunks if one_pass else cfg.n_seg
+    sizes = (*cfg.sizes()[:5], 1, n_seg) if one_pass else cfg.sizes()
     # per-program partial sums of the per-channel parameter gradients, one (batch * G,
     # n_seg, d) slab each in one buffer, reduced by one sum (and the dt weight's, with
     # R values per channel, by another); absent features get no slab
     names = [name for name, t in (('A', ops.A), ('D', ops.D), ('bias', ops.bias),
                                   ('lnw', ops.lnw), ('lnb', ops.lnb)) if t is not None]
-    slabs = torch.empty(len(names), cfg.programs, cfg.n_seg, cfg.d, **f32)
+    slabs = torch.empty(len(names), cfg.programs, n_seg, cfg.d, **f32)
     partial_sums = dict(zip(names, slabs.unbind(0)))
-    w_part = (torch.empty(cfg.programs, cfg.n_seg, cfg.d, cfg.R, **f32)
+    w_part = (torch.empty(cfg.programs, n_seg, cfg.d, cfg.R, **f32)
               if ops.w is not None else slabs[0])
     out = [partial_sums.get(name, slabs[0]) for name in ('A', 'D', 'bias', 'lnw', 'lnb')]
     out.append(w_part)
-    seg_p = seg_s = ops.A
+    seg_p = seg_s = lb = ops.A
     head = ops.kernel_args() + [go, *sgo, hs]
-    tail = [dirs, du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC,
-            ops.A if dz is None else dz, *sdz, *out]
+    tail = [du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC, ops.A if dz is None else dz, *sdz,
+            *out]
     meta = cfg.meta(TUNING['bwd_per_thread'])
     meta['BLOCK_R'] = max(2, _next_pow2(max(cfg.R, 1)))
-    if cfg.n_seg > 1:
+    if one_pass:
+        lb = _look_back_buffer(cfg, ops.u.device)
+    elif cfg.n_seg > 1:
         seg_p = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
         seg_s = torch.empty_like(seg_p)
         _scan_bwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the first segment's carry is unused
-            *head, seg_p, seg_s, *tail, *cfg.sizes(), 1, cfg.eps, CARRY_PASS=True, **meta)
-    _scan_bwd_kernel[cfg.grid(cfg.n_seg)](
-        *head, seg_p, seg_s, *tail, *cfg.sizes(), 0, cfg.eps, CARRY_PASS=False, **meta)
+            *head, seg_p, seg_s, dirs, lb, *tail, *sizes, 1, cfg.eps, CARRY_PASS=True,
+            LOOK_BACK=False, **meta)
+    _scan_bwd_kernel[cfg.grid(n_seg)](
+        *head, seg_p, seg_s, dirs, lb, *tail, *sizes, 0, cfg.eps, CARRY_PASS=False,
+        LOOK_BACK=one_pass, **meta)
     # summed over batch and segments: (G * d,) per channel, (G, d, R) for the dt weight
     grads = dict.fromkeys(('A', 'D', 'bias', 'lnw', 'lnb', 'w'))
-    sums = slabs.view(len(names), cfg.batch, cfg.G, cfg.n_seg, cfg.d).sum((1, 3))
+    sums = slabs.view(len(names), cfg.batch, cfg.G, n_seg, cfg.d).sum((1, 3))
     grads.update(zip(names, sums.view(len(names), cfg.G * cfg.d).unbind(0)))
     if ops.w is not None:
-        grads['w'] = w_part.view(cfg.batch, cfg.G, cfg.n_seg, cfg.d, cfg.R).sum((0, 2))
+        grads['w'] = w_part.view(cfg.batch, cfg.G, n_seg, cfg.d, cfg.R).sum((0, 2))
     return grads
 
 
@@ -941,8 +1075,8 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                                   ln_weight=None, ln_bias=None, eps=1e-5,
                                   directions=SCAN_DIRECTIONS,
                                   _block_l=None, _seg_chunks=None):
-    """All groups of a GroupMamba layer in one launch (two for long sequences),
-    ``d_state = 1``.
+    """All groups of a GroupMamba layer in one launch (two for long sequences with
+    ``look_back=0``), ``d_state = 1``.
 
     Args:
         u: (B, H, W, G*d) channels-last map after the depthwise conv and SiLU; group k

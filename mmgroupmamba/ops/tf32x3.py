@@ -112,7 +112,8 @@ def tf32x3_applies(x: torch.Tensor, weight: torch.Tensor, fused: bool = True) ->
             and not torch.backends.cuda.matmul.allow_tf32)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias=None, fused: bool = True) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias=None,
+           fused: bool = True) -> torch.Tensor:
     """``F.linear``, as :func:`linear_tf32x3` where :func:`tf32x3_applies` (``fused=False``:
     never)."""
     if tf32x3_applies(x, weight, fused):

@@ -71,7 +71,7 @@ class Classifier(nn.Module):
         from mmgroupmamba.models import GroupMamba
         self.backbone = GroupMamba(arch, out_indices=(3, ), final_norm=False,
                                    drop_path_rate=drop_path_rate, with_cp=with_cp,
-                                   ffn_cp=ffn_cp)
+                                   execution=dict(ffn_cp=ffn_cp))
         dim = self.backbone.embed_dims[-1]
         ratio = self.backbone.arch_settings['mlp_ratios'][-1]
         try:
@@ -133,7 +133,7 @@ class Backbone(nn.Module):
         from mmgroupmamba.models import GroupMamba
         self.backbone = GroupMamba(arch, out_indices=(0, 1, 2, 3), final_norm=True,
                                    drop_path_rate=0.2, norm_eval=True, with_cp=with_cp,
-                                   ffn_cp=ffn_cp)
+                                   execution=dict(ffn_cp=ffn_cp))
         with _quiet_mmengine():
             self.backbone.init_weights()
 
@@ -412,11 +412,12 @@ def scan_sweep(args, device):
     dtype = torch.bfloat16 if 'amp' in args.precision else torch.float32
     shapes_of = [(args.batch_size, args.img_size)] if not args.dense else [
         (b, (h, w)) for b, h, w in DENSE_SHAPES]
-    # (tile, elements per thread, programs per SM)
-    fwd_grid = [(2048, 16, 4), (2048, 16, 8), (2048, 16, 16), (4096, 16, 4), (4096, 16, 8),
-                (4096, 8, 8), (1024, 8, 8), (1024, 8, 16)]
-    bwd_grid = [(1024, 8, 4), (1024, 8, 8), (1024, 8, 16), (2048, 8, 4), (2048, 8, 8),
-                (2048, 16, 8), (4096, 8, 8), (512, 4, 8), (512, 4, 16)]
+    # (tile, elements per thread, programs per SM with a carry pass, or 0: one pass with
+    # a look-back across one-chunk segments)
+    fwd_grid = [(2048, 16, 4), (2048, 16, 8), (4096, 16, 8), (1024, 8, 8), (2048, 16, 0),
+                (4096, 16, 0), (4096, 8, 0), (1024, 8, 0), (1024, 4, 0)]
+    bwd_grid = [(1024, 8, 4), (1024, 8, 8), (2048, 8, 8), (512, 4, 8), (1024, 8, 0),
+                (2048, 8, 0), (2048, 16, 0), (512, 4, 0), (512, 8, 0), (256, 4, 0)]
     saved = dict(sst.TUNING)
     for batch, img in shapes_of:
         args.img_size = img
@@ -458,12 +459,14 @@ def scan_sweep(args, device):
             print(f'{title} (ms per layer | whole model):')
             for tile, per_thread, per_sm in grid:
                 sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread},
-                               programs_per_sm=per_sm)
+                               programs_per_sm=per_sm or saved['programs_per_sm'],
+                               look_back=int(per_sm == 0))
                 times = [_time_ms(make_call(hw, d, R), device, args.iters)
                          for hw, d, R, _ in shapes]
                 total = sum(tm * s[3] for tm, s in zip(times, shapes))
-                print(f'  {prefix}_tile {tile:>5} per_thread {per_thread:>2} programs/SM '
-                      f'{per_sm:>2}: ' + '  '.join(f'{tm:7.3f}' for tm in times)
+                split = f'programs/SM {per_sm:>2}' if per_sm else 'look-back     '
+                print(f'  {prefix}_tile {tile:>5} per_thread {per_thread:>2} {split}: '
+                      + '  '.join(f'{tm:7.3f}' for tm in times)
                       + f'  | {total:7.2f} ms', flush=True)
             sst.TUNING.update(saved)
     print('\nrecord the best in selective_scan_triton.TUNING')
@@ -766,7 +769,7 @@ def main(argv=None):
     args.img_size = tuple(args.img_size) * (3 - len(args.img_size))
     if args.dense:
         args.backbone_only = args.graph_backbone = True
-        args.precision, args.mode, args.amp_dtype = ['amp'], ['train', 'infer'], 'bf16'
+        args.precision, args.amp_dtype = ['amp'], 'bf16'   # --mode picks train / infer
         args.backends = ['triton']
 
     device = torch.device(args.device)

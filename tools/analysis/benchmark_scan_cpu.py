@@ -76,7 +76,7 @@ def scan_share_of_forward(img, batch, repeat):
     import mmgroupmamba.models.layers.group_mamba_layer as layer_module
     from mmgroupmamba.models import GroupMamba
     model = GroupMamba('tiny', out_indices=(3, ), final_norm=False,
-                       scan_backend='pytorch').eval()
+                       execution=dict(scan_backend='pytorch')).eval()
     x = torch.randn(batch, 3, img, img)
     original = layer_module.grouped_selective_scan
     spent = [0.0]

@@ -21,8 +21,9 @@ class GroupMamba(BaseModule):
 
     Args:
         arch (str | dict): ``'tiny'``, ``'small'``, ``'base'`` (or ``'t'``, ``'s'``,
-            ``'b'``), ``'demo'`` (a narrow test preset), or a dict with ``stem_channels``, ``embed_dims``, ``depths`` and
-            ``mlp_ratios`` (four entries each, widths divisible by 4).
+            ``'b'``), ``'demo'`` (a narrow test preset), or a dict with
+            ``stem_channels``, ``embed_dims``, ``depths`` and ``mlp_ratios`` (four
+            entries each, widths divisible by 4).
         in_channels (int): input image channels.
         out_indices (Sequence[int]): stages whose outputs are returned (0-3). Stages
             after the last of them are not run and their parameters do not train (they
@@ -38,22 +39,12 @@ class GroupMamba(BaseModule):
         norm_eval (bool): keep the stem's BatchNorms in eval mode while training
             (sensible for the small per-GPU batches of detection and segmentation).
         d_state (int): SSM state size (1 in the released models).
-        execution (dict, optional): how the backbone runs
-            (:class:`~mmgroupmamba.execution.ExecutionPolicy`, shared by every layer):
-            ``scan_backend``, ``fused_kernels``, ``mixer``, ``linear_mode``,
-            ``norm_amp_output``, checkpointing (``with_cp``; ``ffn_cp``: recompute each
-            FFN's depthwise conv + GELU, 2.6 GiB less for GroupMamba-T at batch 128;
-            ``mixer_cp``) and the runtime (:mod:`mmgroupmamba.runtime`): ``cuda_graph``
-            replays CUDA graphs of the forward (and in training of the backward)
-            instead of launching every kernel from Python (eager steps of this model
-            are bound by the host CPU: an AMP inference step launches ~500 kernels, a
-            training step ~3000; worth it for fixed input shapes: classification,
-            sliding-window segmentation); ``compile`` runs the forward through
-            ``torch.compile``, traced as one graph, dynamic in H and W (one compilation
-            for detection's varying sizes; the first call compiles, minutes).
-        with_cp, ffn_cp, scan_backend, cuda_graph, max_cuda_graphs, compile: shorthands
-            for the ``execution`` fields of the same names (``with_cp`` as in every
-            OpenMMLab backbone).
+        execution (dict, optional): how the backbone runs, none of which changes what
+            it computes (:class:`~mmgroupmamba.execution.ExecutionPolicy`, one object
+            shared by every layer): kernels and scan backend, checkpointing, and the
+            runtime that launches the forward (:mod:`mmgroupmamba.runtime`).
+        with_cp (bool, optional): ``execution.with_cp``, under the name every OpenMMLab
+            backbone uses.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
             loads our checkpoints and the released ones (converted on the fly).
     """
@@ -99,11 +90,6 @@ class GroupMamba(BaseModule):
                  d_state: int = 1,
                  execution: Optional[dict] = None,
                  with_cp: Optional[bool] = None,
-                 ffn_cp: Optional[bool] = None,
-                 scan_backend: Optional[str] = None,
-                 cuda_graph: Union[None, bool, str] = None,
-                 max_cuda_graphs: Optional[int] = None,
-                 compile: Union[None, bool, dict] = None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -147,10 +133,7 @@ class GroupMamba(BaseModule):
             self.add_module(f'norm{self.num_stages - 1}',
                             LayerNorm(embed_dims[-1], eps=1e-6))
         self._freeze_stages()
-        shorthands = dict(with_cp=with_cp, ffn_cp=ffn_cp, scan_backend=scan_backend,
-                          cuda_graph=cuda_graph, max_cuda_graphs=max_cuda_graphs,
-                          compile=compile)
-        self.execution = share_execution(self, _execution_policy(execution, shorthands))
+        self.execution = share_execution(self, _execution_policy(execution, with_cp))
 
     def _parse_arch(self, arch):
         if isinstance(arch, str):
@@ -270,15 +253,12 @@ class GroupMamba(BaseModule):
         return self
 
 
-def _execution_policy(execution: Optional[dict], shorthands: dict) -> ExecutionPolicy:
-    """``execution`` with the keyword shorthands that were given; one setting given
-    both ways must agree."""
+def _execution_policy(execution: Optional[dict], with_cp: Optional[bool]) -> ExecutionPolicy:
+    """``execution`` with ``with_cp`` if that was given (both ways, they must agree)."""
     cfg = dict(execution or {})
-    for name, value in shorthands.items():
-        if value is None:
-            continue
-        if name in cfg and cfg[name] != value:
-            raise ValueError(f'GroupMamba got {name}={value!r} and execution.{name}='
-                             f'{cfg[name]!r}; set it once.')
-        cfg[name] = value
+    if with_cp is not None:
+        if cfg.get('with_cp', with_cp) != with_cp:
+            raise ValueError(f'GroupMamba got with_cp={with_cp!r} and execution.with_cp='
+                             f'{cfg["with_cp"]!r}; set it once.')
+        cfg['with_cp'] = with_cp
     return ExecutionPolicy.from_config(cfg)

@@ -250,7 +250,7 @@ class ModulatedGroupMamba(nn.Module):
         # the four depthwise convs are one depthwise conv over all G*d channels (one
         # Triton kernel on CUDA)
         u = depthwise_conv3x3_act(xs, prm['conv_w'], prm['conv_b'], 'silu', fused=fused)
-        xdbl = linear(u, prm['w_xdbl'], fused=fused)                                # (B, H, W, G(R+2N))
+        xdbl = linear(u, prm['w_xdbl'], fused=fused)                   # (B, H, W, G(R+2N))
 
         y = grouped_selective_scan(
             u, xdbl, z, dt_weight=prm['dt_weight'], dt_bias=prm['dt_bias'], A=prm['A'],

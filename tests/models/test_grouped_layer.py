@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import MICRO_ARCH
+from conftest import MICRO_ARCH, released_small_classifier
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.models.layers import ModulatedGroupMamba
 from mmgroupmamba.execution import ExecutionPolicy, configure_execution
@@ -178,7 +178,8 @@ def test_with_checkpointing_and_mixer_checkpointing():
     for with_cp, mixer_cp, ffn_cp in ((False, False, False), (True, False, False),
                                       (False, True, False), (False, False, True)):
         torch.manual_seed(1)
-        model = GroupMamba(SMALL_ARCH, with_cp=with_cp, ffn_cp=ffn_cp, drop_path_rate=0.)
+        model = GroupMamba(SMALL_ARCH, with_cp=with_cp, execution=dict(ffn_cp=ffn_cp),
+                           drop_path_rate=0.)
         configure_execution(model, mixer='grouped', mixer_cp=mixer_cp)
         sum(o.sum() for o in model(x)).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -198,24 +199,12 @@ def test_autocast_bf16_is_finite_and_close():
 
 
 def test_released_fixture_logits_on_grouped_path(reference):
-    from mmgroupmamba.models import GroupMambaClsHead
-    from mmgroupmamba.utils import convert_official_state_dict, infer_official_arch
-    arch = infer_official_arch(reference['checkpoint']['model'])
-    sd = convert_official_state_dict(reference['checkpoint']['model'])
-    backbone = GroupMamba({k: arch[k] for k in ('stem_channels', 'embed_dims', 'depths',
-                                                'mlp_ratios')},
-                          out_indices=(3, ), final_norm=False, drop_path_rate=0.)
-    head = GroupMambaClsHead(arch['num_classes'], arch['embed_dims'][-1],
-                             mlp_ratio=arch['cls_mlp_ratio'])
-    backbone.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
-    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith('head.')})
-    backbone.eval(), head.eval()
+    model = released_small_classifier(reference)
     exp = reference['expected']
     for impl in ('grouped', 'reference'):
-        configure_execution(backbone, mixer=impl)
-        configure_execution(head, mixer=impl)
+        configure_execution(model, mixer=impl)
         with torch.no_grad():
-            logits = head(backbone(exp['input']))
+            logits = model(exp['input'])
         torch.testing.assert_close(logits, exp['logits_eval'], atol=1e-4, rtol=0, msg=impl)
 
 

@@ -5,15 +5,15 @@ interpreter (``TRITON_INTERPRET=1``) in a subprocess, on tiny shapes; that test 
 when Triton is not installed (or ``MMGM_SKIP_TRITON_INTERPRET=1``).
 
 On a GPU machine:
-    python -m pytest tests/test_triton_scan.py tests/test_grouped_layer.py -q
+    python -m pytest tests/ops/test_triton_scan.py tests/models/test_grouped_layer.py -q
 """
 import os
 
 import pytest
 import torch
 
-from conftest import (HAS_TRITON, requires_cuda, requires_triton_interpreter,
-                      run_in_triton_interpreter)
+from conftest import (HAS_TRITON, released_small_classifier, requires_cuda,
+                      requires_triton_interpreter, run_in_triton_interpreter)
 from mmgroupmamba.ops import grouped_selective_scan_torch, selective_scan_ref
 
 requires_triton_gpu = pytest.mark.skipif(
@@ -67,6 +67,15 @@ def _assert_grads_close(grads, ref, rtol=1e-4, msg=''):
                                    msg=f'{msg} grad {k}')
 
 
+def _assert_matches_reference(y, y_ref, inputs, ref_inputs, tol=1e-4, msg=''):
+    """Outputs, then the gradients of both for one random output gradient."""
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y.backward(grad)
+    _assert_grads_close(_grads(inputs), _grads(ref_inputs), rtol=tol, msg=msg)
+
+
 # ------------------------------------------------------------------ fused multi-group
 GROUPED_SHAPES = [
     # batch, H, W, d, R
@@ -87,11 +96,7 @@ def test_fused_grouped_scan_matches_reference_fp32(shape):
     tri_in = _grouped_inputs(*shape, 'cuda')
     y_ref = grouped_selective_scan_torch(**ref_in, sequential=shape[1] * shape[2] <= 400)
     y = grouped_selective_scan_triton(**tri_in)
-    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y.backward(grad)
-    _assert_grads_close(_grads(tri_in), _grads(ref_in), rtol=1e-4, msg=str(shape))
+    _assert_matches_reference(y, y_ref, tri_in, ref_in, msg=str(shape))
 
 
 @requires_triton_gpu
@@ -211,25 +216,10 @@ def test_sequences_are_cut_into_segments_only_where_the_gpu_is_underfilled():
 
 
 # ------------------------------------------------------------------------ whole model
-def _small_classifier(reference):
-    from mmgroupmamba.models import GroupMamba, GroupMambaClsHead
-    from mmgroupmamba.utils import convert_official_state_dict, infer_official_arch
-    arch = infer_official_arch(reference['checkpoint']['model'])
-    sd = convert_official_state_dict(reference['checkpoint']['model'])
-    backbone = GroupMamba({k: arch[k] for k in ('stem_channels', 'embed_dims', 'depths',
-                                                'mlp_ratios')},
-                          out_indices=(3, ), final_norm=False, drop_path_rate=0.)
-    head = GroupMambaClsHead(arch['num_classes'], arch['embed_dims'][-1],
-                             mlp_ratio=arch['cls_mlp_ratio'])
-    backbone.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
-    head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith('head.')})
-    return torch.nn.Sequential(backbone, head).cuda().eval()
-
-
 @requires_triton_gpu
 def test_released_fixture_logits_on_triton_path(reference):
     from mmgroupmamba.execution import configure_execution
-    model = _small_classifier(reference)
+    model = released_small_classifier(reference, 'cuda')
     configure_execution(model, mixer='grouped', scan_backend='triton')
     exp = reference['expected']
     x, expected = exp['input'].cuda(), exp['logits_eval'].cuda()
@@ -311,11 +301,7 @@ def test_generic_triton_matches_reference_fp32(shape, variant):
     tri_in = {k: v for k, v in tri_in.items() if v is not None}
     y_ref = selective_scan_ref(**ref_in, **kw)
     y = selective_scan_triton(**tri_in, **kw)
-    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
-    grad = torch.randn_like(y_ref)
-    y_ref.backward(grad)
-    y.backward(grad)
-    _assert_grads_close(_grads(tri_in), _grads(ref_in), rtol=1e-4, msg=str(shape))
+    _assert_matches_reference(y, y_ref, tri_in, ref_in, msg=str(shape))
 
 
 @requires_triton_gpu
@@ -388,23 +374,27 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
-    # parallel along L: 16-token chunks, sequences cut into segments of 1-3 chunks (the
-    # carry passes of forward and backward; 21 segments fold in two blocks of 16)
-    from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
-    for shape, seg_chunks in [((2, 5, 13, 3, 2), 2), ((1, 7, 9, 5, 1), 3),
-                              ((1, 9, 37, 2, 1), 1)]:
-        a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
-        y = grouped_selective_scan_triton(**a, _block_l=16, _seg_chunks=seg_chunks)
-        y_ref = grouped_selective_scan_torch(**b, sequential=True)
-        torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+    # parallel along L: 16-token chunks, sequences cut into segments, scanned in one
+    # launch with a look-back across one-chunk segments, and (look_back=0) by carry
+    # passes over segments of 1-3 chunks (21 segments fold in two blocks of 16)
+    from mmgroupmamba.ops.selective_scan_triton import (grouped_selective_scan_triton,
+                                                        set_tuning)
+    for look_back in (1, 0):
+        set_tuning(look_back=look_back)
+        for shape, seg_chunks in [((2, 5, 13, 3, 2), 2), ((1, 7, 9, 5, 1), 3),
+                                  ((1, 9, 37, 2, 1), 1)]:
+            a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
+            y = grouped_selective_scan_triton(**a, _block_l=16, _seg_chunks=seg_chunks)
+            y_ref = grouped_selective_scan_torch(**b, sequential=True)
+            torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
+            g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
+            _assert_grads_close(_grads(a), _grads(b), rtol=1e-4)
+        a, b = _scan_inputs(2, 5, 70, 'cpu'), _scan_inputs(2, 5, 70, 'cpu')
+        y = selective_scan_triton(**a, _block_l=16, _seg_chunks=2)
+        y_ref = selective_scan_ref(**b)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
-        _assert_grads_close(_grads(a), _grads(b), rtol=1e-4)
-    a, b = _scan_inputs(2, 5, 70, 'cpu'), _scan_inputs(2, 5, 70, 'cpu')
-    y = selective_scan_triton(**a, _block_l=16, _seg_chunks=2)
-    y_ref = selective_scan_ref(**b)
-    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
-    _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
+        _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
     from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act
     for shape, act in [((2, 5, 7, 20), 'silu'), ((1, 3, 2, 70), 'gelu')]:
         x = torch.randn(*shape, requires_grad=True)
@@ -450,7 +440,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                 sig[name] = 'constexpr'
             elif name.endswith('_ptr'):
                 sig[name] = ('*fp32' if name in fp32_ptrs or all_fp32 else
-                             '*i32' if name == 'dir_ptr' else '*bf16')
+                             '*i32' if name == 'dir_ptr' else
+                             '*i64' if name == 'lb_ptr' else '*bf16')
             else:
                 sig[name] = 'fp32' if name == 'eps' else 'i32'
         return triton.compile(ASTSource(fn, sig, constexprs=consts),
@@ -459,13 +450,15 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
     flags = dict(HAS_DT_PROJ=True, HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=True,
                  HAS_NORM=True)
-    for carry in (False, True):
+    for carry, look_back in ((False, False), (True, False), (False, True)):
         compile_kernel(sst._scan_fwd_kernel, dict(G=4, R=6, BLOCK_L=16, BLOCK_D=128,
                                                   SEG_BLOCK=16, SAVE_STATES=not carry,
-                                                  CARRY_PASS=carry, **flags), 4)
+                                                  CARRY_PASS=carry, LOOK_BACK=look_back,
+                                                  **flags), 4)
         compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
                                                   BLOCK_D=128, SEG_BLOCK=16,
-                                                  CARRY_PASS=carry, **flags), 8)
+                                                  CARRY_PASS=carry, LOOK_BACK=look_back,
+                                                  **flags), 8)
     for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
                                                      BLOCK_C=32, PREFETCH=True)),
                        (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,

@@ -31,8 +31,8 @@ def _assert_outputs_equal(a, b):
 
 def test_cuda_graph_argument_and_cpu_fallback():
     with pytest.raises(ValueError, match='max_cuda_graphs'):
-        GroupMamba(SMALL, cuda_graph=True, max_cuda_graphs=0)
-    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).eval()
+        GroupMamba(SMALL, execution=dict(cuda_graph=True, max_cuda_graphs=0))
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), drop_path_rate=0.).eval()
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         _assert_outputs_equal(model(x), _eager(model, x))
@@ -40,7 +40,7 @@ def test_cuda_graph_argument_and_cpu_fallback():
 
 
 def test_sync_batchnorm_in_training_blocks_graphed_training():
-    model = GroupMamba(SMALL, cuda_graph=True)
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True))
     assert training_graph_blocker(model) == ''
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert 'patch_embeds.0.conv.1' in training_graph_blocker(model)
@@ -53,11 +53,13 @@ def test_sync_batchnorm_in_training_blocks_graphed_training():
 
 def test_outputs_of_frozen_stages_block_graphed_training():
     # a captured backward needs every output to carry a gradient
-    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1).train()
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), frozen_stages=1).train()
     assert 'outputs [0, 1]' in training_graph_blocker(model)
-    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=1, out_indices=(2, 3)).train()
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), frozen_stages=1,
+                       out_indices=(2, 3)).train()
     assert training_graph_blocker(model) == ''
-    model = GroupMamba(SMALL, cuda_graph=True, frozen_stages=3, out_indices=(3, )).train()
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), frozen_stages=3,
+                       out_indices=(3, )).train()
     assert 'outputs [3]' in training_graph_blocker(model)
 
 
@@ -95,7 +97,7 @@ def test_gradient_copies_are_one_buffer_that_autograd_keeps():
 @pytest.mark.parametrize('amp', [None, torch.float16])
 def test_graph_replay_matches_eager_and_follows_weight_updates(amp):
     torch.manual_seed(0)
-    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).cuda().eval()
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), drop_path_rate=0.).cuda().eval()
     x1, x2 = torch.randn(2, 2, 3, 64, 48, device='cuda').unbind(0)
     with torch.inference_mode(), torch.autocast('cuda', dtype=amp or torch.float16,
                                                 enabled=amp is not None):
@@ -122,7 +124,7 @@ def test_graph_replay_matches_eager_and_follows_weight_updates(amp):
 @requires_cuda
 def test_graphs_per_signature_capped_and_kept_alive():
     torch.manual_seed(0)
-    model = GroupMamba(SMALL, cuda_graph=True, max_cuda_graphs=2,
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True, max_cuda_graphs=2),
                        drop_path_rate=0.).cuda().eval()
     shapes = [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 96, 32)]
     xs = [torch.randn(s, device='cuda') for s in shapes]
@@ -152,7 +154,7 @@ def test_graphs_per_signature_capped_and_kept_alive():
 
 @requires_cuda
 def test_no_graph_while_training_or_recording():
-    model = GroupMamba(SMALL, cuda_graph=True, drop_path_rate=0.).cuda()
+    model = GroupMamba(SMALL, execution=dict(cuda_graph=True), drop_path_rate=0.).cuda()
     x = torch.randn(2, 3, 64, 48, device='cuda')
     model.train()
     with torch.no_grad():
@@ -215,7 +217,8 @@ def test_graphed_training_steps_match_eager(amp):
 @requires_cuda
 def test_graphed_training_draws_new_drop_path_masks_and_other_shapes_run_eagerly():
     torch.manual_seed(0)
-    model = GroupMamba(SMALL, drop_path_rate=0.5, cuda_graph='train').cuda().train()
+    model = GroupMamba(SMALL, drop_path_rate=0.5,
+                       execution=dict(cuda_graph='train')).cuda().train()
     x = torch.randn(4, 3, 64, 48, device='cuda')
     a = model(x)[-1].detach().clone()
     b = model(x)[-1].detach().clone()
@@ -228,7 +231,7 @@ def test_graphed_training_draws_new_drop_path_masks_and_other_shapes_run_eagerly
         model(x)
     assert _num_graphs(model, 'training') == 0
     with pytest.raises(ValueError, match='cuda_graph'):
-        GroupMamba(SMALL, cuda_graph='always')
+        GroupMamba(SMALL, execution=dict(cuda_graph='always'))
 
 
 @requires_cuda
