@@ -22,26 +22,27 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   the state entering the chunk is carried in registers;
 * parallel along the sequence: where batch x groups x channel blocks are too few
   programs to fill the GPU (detection and segmentation maps: batch 2, L up to several
-  hundred thousand), each sequence is cut into segments. By default (``LOOK_BACK``) a
-  segment is one chunk and the whole sequence is one launch: a program scans its chunk
-  from a zero state, publishes the chunk's carry ``(prod a, h)``, composes the carries
-  of the chunks before it until it meets one that has published its final state (a
-  decoupled look-back: the recurrence is associative), publishes its own final state
-  and writes the outputs; programs take their chunk from a counter in arrival order, so
-  a program only ever waits for programs already running. The alternative
-  (``look_back=0``): segments of whole chunks, a first launch (``CARRY_PASS``) that
-  scans every segment but the last from a zero state and keeps only its carry, and a
-  second that folds the carries before it into its entry state (``_entry_state``),
-  twice the work. One segment per sequence (classification batches) is a single launch
-  either way;
+  hundred thousand), each sequence is cut into segments of whole chunks. A first launch
+  (``CARRY_PASS``) scans every segment but the last from a zero state and keeps only its
+  carry ``(prod a, h)``; the second folds the carries of the segments before it into its
+  entry state (``_entry_state``; the recurrence is associative) and writes the outputs:
+  twice the work of one pass. The one-pass alternative (``LOOK_BACK``, switched by
+  ``TUNING['fwd_look_back']`` / ``['bwd_look_back']``, off until it has passed the GPU
+  tests, see ``TUNING``): segments of one chunk, one launch; a program scans its chunk
+  from a zero state, publishes the chunk's carry, composes the carries of the chunks
+  before it until it meets one that has published its final state (a decoupled
+  look-back), publishes its own and writes the outputs; programs take their chunk from a
+  counter in arrival order, so a program only ever waits for programs already running.
+  One segment per sequence (classification batches) is a single launch either way;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
   floats) for the backward, which walks each segment's chunks in reverse, recomputes the
   chunk's forward (states, LayerNorm statistics) from its entry state and runs the
   reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t``; across segments the state
   gradient (``(prod alpha, s)`` per segment) is carried from the right the same way as
-  the forward's state (look-back, or carry pass and ``_exit_grad``). Parameter gradients are reduced per program,
-  then over batch and segments in PyTorch (deterministic, no atomics).
+  the forward's state (carry pass and ``_exit_grad``, or look-back). Parameter gradients
+  are reduced per program, then over batch and segments in PyTorch (deterministic, no
+  atomics).
 """
 import functools
 from typing import List, Optional, Tuple
@@ -62,21 +63,27 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # BLOCK_D) tile and elements per thread (which sets the warps), forward and backward (the
 # backward keeps about twice as many tiles alive); sequences are cut into segments
 # (``segments_for``) only where fewer than ``split_below_per_sm`` programs per SM would
-# run; ``look_back`` scans them in one launch with one-chunk segments, else (a carry pass
-# first) they are cut into enough segments for ``programs_per_sm``. Whole-model scan
-# time, fwd | fwd+bwd (ms), H200, carry pass at 4 / 8 programs per SM: 2 x 800x1344 1.70
-# / 1.65 | 9.92 / 9.70; 16 x 512x512 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 /
-# 0.55 | 3.58 / 3.81. H100, carry pass at 8 programs per SM | look-back, same tiles: 2 x
-# 800x1344 fwd 1.66 | 1.33, fwd+bwd 9.37 | 7.66; 16 x 512x512 fwd 2.93 | 2.38, fwd+bwd
-# 17.19 | 13.77; 2 x 512x512 fwd 0.55 | 0.49, fwd+bwd 2.93 | 2.44. Batch 128 at 224 (512
-# programs) stays one segment.
+# run; ``fwd_look_back`` / ``bwd_look_back`` scan them in one launch with one-chunk
+# segments, else (a carry pass first) they are cut into enough segments for
+# ``programs_per_sm``. The look-back is off: in its first GPU run (H100, Triton 3.6) the
+# backward got garbage carries at L = 67,200 (a slot checked in one thread's copy of a
+# vector and used from another's; ``_read_slot`` now checks every copy, which the
+# interpreter and the sm_90 compile check pass but no GPU has run yet), while the
+# forward matched the reference (fp32 1e-4, bf16). Whole-model scan time, fwd | fwd+bwd
+# (ms), H200, carry pass at 4 / 8 programs per SM: 2 x 800x1344 1.70 / 1.65 | 9.92 /
+# 9.70; 16 x 512x512 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 / 0.55 | 3.58 / 3.81.
+# H100, carry pass at 8 programs per SM | look-back (that first run, the backward's
+# race included), same tiles: 2 x 800x1344 fwd 1.66 | 1.33, fwd+bwd 9.37 | 7.66; 16 x
+# 512x512 fwd 2.93 | 2.38, fwd+bwd 17.19 | 13.77; 2 x 512x512 fwd 0.55 | 0.49, fwd+bwd
+# 2.93 | 2.44. Batch 128 at 224 (512 programs) stays one segment.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
-              split_below_per_sm=2, programs_per_sm=8, look_back=1)
+              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=0, bwd_look_back=0)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``, ``look_back``);
+    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``, ``fwd_look_back``,
+    ``bwd_look_back``);
     returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
@@ -193,12 +200,24 @@ def _pack(p, s):
 
 
 @triton.jit
-def _unpack(x):
-    """``(p, s, ready)`` of :func:`_pack`'s slots (ready: both halves written)."""
+def _read_slot(ptr, mask_d, first_row, spread):
+    """``(p, s, ready)`` of one chunk's slots, as every thread of the program read them.
+
+    A (BLOCK_D,) vector is held by several threads at once, each loading it itself;
+    reductions look at one copy only. A slot written between two copies' loads would
+    pass a check of one copy and be used, unwritten, by another (seen on an H100: whole
+    rows of a chunk with garbage carries). So every copy is checked (broadcast over the
+    tile's rows, where each thread holds its own copy) and the values come back out of
+    the checked tile by a reduction (row 0), identical in every thread. A slot is ready
+    when both of its halves are written (the compiler may store them as two words)."""
+    x = tl.load(ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
     lo = x.to(tl.int32)
     hi = (x >> 32).to(tl.int32)
-    return (lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True),
-            (lo != -1) & (hi != -1))
+    ok = ((lo != -1) & (hi != -1)).to(tl.int32)
+    ready = tl.min(tl.min(ok, axis=1), axis=0) == 1
+    x = tl.sum(tl.where(first_row, x, 0), axis=0)
+    return (x.to(tl.int32).to(tl.float32, bitcast=True),
+            (x >> 32).to(tl.int32).to(tl.float32, bitcast=True), ready)
 
 
 @triton.jit
@@ -219,7 +238,7 @@ def _chunk_ticket(lb_ptr, n_chunks, REVERSE: tl.constexpr):
 
 @triton.jit
 def _look_back(p, s, agg_ptr, inc_ptr, pid, k, n_chunks, d, j, mask_d,
-               BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
+               BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
     """The carry entering chunk ``k`` of a sequence, a one-pass scan across chunks
     (decoupled look-back): publish the chunk's own ``(p, s)`` (the affine map ``x -> s +
     p x`` it applies to the carry), compose the maps of the chunks before it (to the left,
@@ -231,17 +250,15 @@ def _look_back(p, s, agg_ptr, inc_ptr, pid, k, n_chunks, d, j, mask_d,
         step = -1
     else:
         step = 1
+    first_row = (tl.arange(0, BLOCK_L) == 0)[:, None]
+    spread = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.int64)
     acc_p = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
     acc_s = tl.zeros((BLOCK_D, ), dtype=tl.float32)
     idx = k - step
     while (idx >= 0) & (idx < n_chunks):
         off = (pid * n_chunks + idx) * d + j
-        inc_p, inc_s, inc_ok = _unpack(tl.load(inc_ptr + off, mask=mask_d, other=0,
-                                               volatile=True))
-        agg_p, agg_s, agg_ok = _unpack(tl.load(agg_ptr + off, mask=mask_d, other=0,
-                                               volatile=True))
-        inc_ready = tl.min(inc_ok.to(tl.int32), axis=0) == 1
-        agg_ready = tl.min(agg_ok.to(tl.int32), axis=0) == 1
+        inc_p, inc_s, inc_ready = _read_slot(inc_ptr + off, mask_d, first_row, spread)
+        agg_p, agg_s, agg_ready = _read_slot(agg_ptr + off, mask_d, first_row, spread)
         p_i = tl.where(inc_ready, inc_p, agg_p)
         s_i = tl.where(inc_ready, inc_s, agg_s)
         ready = inc_ready | agg_ready
@@ -338,8 +355,8 @@ def _scan_fwd_kernel(
             slots = tl.num_programs(0) * n_chunks * d
             h = _look_back(tl.sum(tl.where(last_row, a_cum, 0.), axis=0),
                            tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr + 1,
-                           lb_ptr + 1 + slots, pid, k, n_chunks, d, j, mask_d, BLOCK_D,
-                           False)
+                           lb_ptr + 1 + slots, pid, k, n_chunks, d, j, mask_d, BLOCK_L,
+                           BLOCK_D, False)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
         h = tl.sum(tl.where(last_row, hh, 0.), axis=0)
@@ -528,7 +545,7 @@ def _scan_bwd_kernel(
             s_carry = _look_back(tl.sum(tl.where(first_row, a_rcum, 0.), axis=0),
                                  tl.sum(tl.where(first_row, s_loc, 0.), axis=0),
                                  lb_ptr + 1, lb_ptr + 1 + slots, pid, k, n_chunks, d, j,
-                                 mask_d, BLOCK_D, True)
+                                 mask_d, BLOCK_L, BLOCK_D, True)
         s = s_loc + a_rcum * s_carry[None, :]
         s_carry = tl.sum(tl.where(first_row, s, 0.), axis=0)
         if CARRY_PASS:
@@ -725,11 +742,12 @@ def _look_back_buffer(cfg, device):
                       dtype=torch.int64, device=device)
 
 
-def _one_pass(cfg):
+def _one_pass(cfg, key):
     """Sequences cut into segments are scanned in one launch with a look-back across
-    one-chunk segments (``TUNING['look_back']``) instead of a carry pass and a second
-    launch (which runs the segment's whole computation twice)."""
-    return cfg.n_seg > 1 and bool(TUNING['look_back'])
+    one-chunk segments (``TUNING[key]``: ``fwd_look_back`` / ``bwd_look_back``) instead
+    of a carry pass and a second launch (which runs the segment's whole computation
+    twice)."""
+    return cfg.n_seg > 1 and bool(TUNING[key])
 
 
 def _forward(cfg, ops, out, so, dirs, save_states):
@@ -742,7 +760,7 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     seg_a = seg_h = ops.A
     head = ops.kernel_args() + [out, *so, hs]
     meta = cfg.meta(TUNING['fwd_per_thread'])
-    if _one_pass(cfg):
+    if _one_pass(cfg, 'fwd_look_back'):
         lb = _look_back_buffer(cfg, ops.u.device)
         sizes = (*cfg.sizes()[:5], 1, cfg.n_chunks)
         _scan_fwd_kernel[cfg.grid(cfg.n_chunks)](
@@ -767,7 +785,7 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
     is cut into segments); returns the parameter gradients summed over batch and
     segments."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
-    one_pass = _one_pass(cfg)
+    one_pass = _one_pass(cfg, 'bwd_look_back')
     n_seg = cfg.n_chunks if one_pass else cfg.n_seg
     sizes = (*cfg.sizes()[:5], 1, n_seg) if one_pass else cfg.sizes()
     # per-program partial sums of the per-channel parameter gradients, one (batch * G,
@@ -1075,8 +1093,8 @@ def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,
                                   ln_weight=None, ln_bias=None, eps=1e-5,
                                   directions=SCAN_DIRECTIONS,
                                   _block_l=None, _seg_chunks=None):
-    """All groups of a GroupMamba layer in one launch (two for long sequences with
-    ``look_back=0``), ``d_state = 1``.
+    """All groups of a GroupMamba layer in one launch (two for long sequences
+    without the look-back), ``d_state = 1``.
 
     Args:
         u: (B, H, W, G*d) channels-last map after the depthwise conv and SiLU; group k

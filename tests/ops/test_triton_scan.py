@@ -153,13 +153,26 @@ def test_fused_grouped_scan_large_batch_and_map():
 # segments; forward and every gradient against the float64 evaluation of the same
 # recurrence (the two-level chunked scan in fp64; the sequential loop would take 200,000
 # Python steps), all four directions at once (one per group), 87 channels per group.
-LONG_SHAPES = [(1, 200, 336), (2, 200, 336), (1, 400, 500), (2, 400, 500)]  # L 67,200 / 200,000
+# Also 16 channels per group (GroupMamba-T's stage 1), where every channel vector is
+# held by several threads of a program.
+LONG_SHAPES = [(1, 200, 336, 87), (2, 200, 336, 87), (1, 400, 500, 87), (2, 400, 500, 87),
+               (2, 200, 336, 16)]  # L 67,200 / 200,000
 
 
-def _long_inputs(batch, H, W, dtype, seed=0):
+@pytest.fixture(params=[0, 1], ids=['carry-pass', 'look-back'])
+def look_back(request):
+    """Long sequences scanned with a carry pass (the default) and in one pass with a
+    look-back (``TUNING``'s ``fwd_look_back`` / ``bwd_look_back``)."""
+    from mmgroupmamba.ops.selective_scan_triton import set_tuning
+    old = set_tuning(fwd_look_back=request.param, bwd_look_back=request.param)
+    yield request.param
+    set_tuning(**old)
+
+
+def _long_inputs(batch, H, W, dtype, d=87, seed=0):
     # dt around softplus(-2) ~ 0.13 with |A| ~ 1: states decay over ~10 tokens, as in
     # the trained models, so a wrong carry across segments shows in the outputs
-    inp = _grouped_inputs(batch, H, W, 87, 6, 'cuda', dtype=dtype, seed=seed)
+    inp = _grouped_inputs(batch, H, W, d, -(-d // 16), 'cuda', dtype=dtype, seed=seed)
     with torch.no_grad():
         inp['dt_bias'] -= 2.
     ref = {k: None if v is None else v.detach().double().requires_grad_()
@@ -168,10 +181,10 @@ def _long_inputs(batch, H, W, dtype, seed=0):
 
 
 @requires_triton_gpu
-@pytest.mark.parametrize('batch,H,W', LONG_SHAPES)
-def test_fused_grouped_scan_long_sequences_fp32(batch, H, W):
+@pytest.mark.parametrize('batch,H,W,d', LONG_SHAPES)
+def test_fused_grouped_scan_long_sequences_fp32(batch, H, W, d, look_back):
     from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
-    inp, ref = _long_inputs(batch, H, W, torch.float32)
+    inp, ref = _long_inputs(batch, H, W, torch.float32, d)
     y = grouped_selective_scan_triton(**inp)
     y_ref = grouped_selective_scan_torch(**ref)
     scale = y_ref.abs().max().item()
@@ -180,12 +193,12 @@ def test_fused_grouped_scan_long_sequences_fp32(batch, H, W):
     y.backward(grad)
     y_ref.backward(grad.double())
     _assert_grads_close({k: g.double() for k, g in _grads(inp).items()}, _grads(ref),
-                        rtol=1e-4, msg=f'{batch}x{H}x{W}')
+                        rtol=1e-4, msg=f'{batch}x{H}x{W}, d={d}')
 
 
 @requires_triton_gpu
 @pytest.mark.parametrize('batch,H,W', [(2, 200, 336), (1, 400, 500)])
-def test_fused_grouped_scan_long_sequences_bf16(batch, H, W):
+def test_fused_grouped_scan_long_sequences_bf16(batch, H, W, look_back):
     from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
     inp, ref = _long_inputs(batch, H, W, torch.bfloat16)
     y = grouped_selective_scan_triton(**inp)
@@ -380,7 +393,7 @@ _INTERPRET_SCRIPT = '''
     from mmgroupmamba.ops.selective_scan_triton import (grouped_selective_scan_triton,
                                                         set_tuning)
     for look_back in (1, 0):
-        set_tuning(look_back=look_back)
+        set_tuning(fwd_look_back=look_back, bwd_look_back=look_back)
         for shape, seg_chunks in [((2, 5, 13, 3, 2), 2), ((1, 7, 9, 5, 1), 3),
                                   ((1, 9, 37, 2, 1), 1)]:
             a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')

@@ -460,7 +460,7 @@ def scan_sweep(args, device):
             for tile, per_thread, per_sm in grid:
                 sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread},
                                programs_per_sm=per_sm or saved['programs_per_sm'],
-                               look_back=int(per_sm == 0))
+                               **{f'{prefix}_look_back': int(per_sm == 0)})
                 times = [_time_ms(make_call(hw, d, R), device, args.iters)
                          for hw, d, R, _ in shapes]
                 total = sum(tm * s[3] for tm, s in zip(times, shapes))
