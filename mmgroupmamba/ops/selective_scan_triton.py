@@ -701,9 +701,12 @@ class _Cfg:
                     BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
 
-    def sizes(self):
-        return (self.L, self.H, self.W, self.d, self.n_chunks, self.seg_chunks,
-                self.n_seg)
+    def sizes(self, one_pass=False):
+        """The kernels' size arguments; ``one_pass``: segments of one chunk."""
+        seg_chunks, n_seg = (1, self.n_chunks) if one_pass else (self.seg_chunks,
+                                                                 self.n_seg)
+        return dict(L=self.L, H=self.H, W=self.W, d=self.d, n_chunks=self.n_chunks,
+                    seg_chunks=seg_chunks, n_seg=n_seg, eps=self.eps)
 
     def grid(self, segments):
         return self.programs, self.n_dblocks, segments
@@ -721,11 +724,22 @@ class _Operands:
         self.z, self.sz, self.lnw, self.lnb = z, sz, lnw, lnb
 
     def kernel_args(self):
+        """The kernels' input arguments, by name (a placeholder for an absent one)."""
         def t(x):  # unused pointers still need a tensor
             return self.A if x is None else x
-        return [self.u, *self.su, self.dl, *self.sdl, t(self.w), t(self.bias), self.A,
-                t(self.D), self.B, *self.sB, self.C, *self.sC, t(self.z), *self.sz,
-                t(self.lnw), t(self.lnb)]
+        return dict(**tensor_args('u', self.u, self.su, 'blc'),
+                    **tensor_args('dl', self.dl, self.sdl, 'blc'),
+                    w_ptr=t(self.w), bias_ptr=t(self.bias), A_ptr=self.A, D_ptr=t(self.D),
+                    **tensor_args('B', self.B, self.sB, 'blg'),
+                    **tensor_args('C', self.C, self.sC, 'blg'),
+                    **tensor_args('z', t(self.z), self.sz, 'blc'),
+                    lnw_ptr=t(self.lnw), lnb_ptr=t(self.lnb))
+
+
+def tensor_args(name, t, strides, axes, stride_name=None):
+    """``{name}_ptr`` and its strides ``s_{name}_{axis}``, as the kernels name them."""
+    stride_name = stride_name or name
+    return {f'{name}_ptr': t, **{f's_{stride_name}_{a}': st for a, st in zip(axes, strides)}}
 
 
 def _warps(block_l, block_d, per_thread):
@@ -757,37 +771,33 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
           else ops.A)
-    seg_a = seg_h = ops.A
-    head = ops.kernel_args() + [out, *so, hs]
-    meta = cfg.meta(TUNING['fwd_per_thread'])
+    args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
+                seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
+                **cfg.meta(TUNING['fwd_per_thread']))
     if _one_pass(cfg, 'fwd_look_back'):
-        lb = _look_back_buffer(cfg, ops.u.device)
-        sizes = (*cfg.sizes()[:5], 1, cfg.n_chunks)
+        args.update(cfg.sizes(one_pass=True), lb_ptr=_look_back_buffer(cfg, ops.u.device))
         _scan_fwd_kernel[cfg.grid(cfg.n_chunks)](
-            *head, seg_a, seg_h, dirs, lb, *sizes, cfg.eps, SAVE_STATES=save_states,
-            CARRY_PASS=False, LOOK_BACK=True, **meta)
+            **args, SAVE_STATES=save_states, CARRY_PASS=False, LOOK_BACK=True)
         return hs
+    args.update(cfg.sizes())
     if cfg.n_seg > 1:
-        seg_a = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
-        seg_h = torch.empty_like(seg_a)
+        args['seg_a_ptr'] = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
+        args['seg_h_ptr'] = torch.empty_like(args['seg_a_ptr'])
         _scan_fwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the last segment's carry is unused
-            *head, seg_a, seg_h, dirs, ops.A, *cfg.sizes(), cfg.eps, SAVE_STATES=False,
-            CARRY_PASS=True, LOOK_BACK=False, **meta)
+            **args, SAVE_STATES=False, CARRY_PASS=True, LOOK_BACK=False)
     _scan_fwd_kernel[cfg.grid(cfg.n_seg)](
-        *head, seg_a, seg_h, dirs, ops.A, *cfg.sizes(), cfg.eps, SAVE_STATES=save_states,
-        CARRY_PASS=False, LOOK_BACK=False, **meta)
+        **args, SAVE_STATES=save_states, CARRY_PASS=False, LOOK_BACK=False)
     return hs
 
 
-def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC, dz,
-              sdz):
+def _backward(cfg, ops, grad_args):
     """Launch the backward (with a look-back, or a carry pass first, when the sequence
-    is cut into segments); returns the parameter gradients summed over batch and
-    segments."""
+    is cut into segments); ``grad_args``: the output gradient ``go`` and the gradient
+    maps ``du``, ``ddl``, ``dB``, ``dC``, ``dz`` as :func:`tensor_args` names them, and
+    ``hs_ptr``. Returns the parameter gradients summed over batch and segments."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     one_pass = _one_pass(cfg, 'bwd_look_back')
     n_seg = cfg.n_chunks if one_pass else cfg.n_seg
-    sizes = (*cfg.sizes()[:5], 1, n_seg) if one_pass else cfg.sizes()
     # per-program partial sums of the per-channel parameter gradients, one (batch * G,
     # n_seg, d) slab each in one buffer, reduced by one sum (and the dt weight's, with
     # R values per channel, by another); absent features get no slab
@@ -797,25 +807,21 @@ def _backward(cfg, ops, go, sgo, hs, dirs, du, sdu, ddl, sddl, dB, sdB, dC, sdC,
     partial_sums = dict(zip(names, slabs.unbind(0)))
     w_part = (torch.empty(cfg.programs, n_seg, cfg.d, cfg.R, **f32)
               if ops.w is not None else slabs[0])
-    out = [partial_sums.get(name, slabs[0]) for name in ('A', 'D', 'bias', 'lnw', 'lnb')]
-    out.append(w_part)
-    seg_p = seg_s = lb = ops.A
-    head = ops.kernel_args() + [go, *sgo, hs]
-    tail = [du, *sdu, ddl, *sddl, dB, *sdB, dC, *sdC, ops.A if dz is None else dz, *sdz,
-            *out]
-    meta = cfg.meta(TUNING['bwd_per_thread'])
-    meta['BLOCK_R'] = max(2, _next_pow2(max(cfg.R, 1)))
+    args = dict(ops.kernel_args(), **grad_args, seg_p_ptr=ops.A, seg_s_ptr=ops.A,
+                lb_ptr=ops.A, dw_ptr=w_part, **cfg.sizes(one_pass),
+                **cfg.meta(TUNING['bwd_per_thread']),
+                BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))))
+    args.update({f'd{name}_ptr': partial_sums.get(name, slabs[0])
+                 for name in ('A', 'D', 'bias', 'lnw', 'lnb')})
     if one_pass:
-        lb = _look_back_buffer(cfg, ops.u.device)
+        args['lb_ptr'] = _look_back_buffer(cfg, ops.u.device)
     elif cfg.n_seg > 1:
-        seg_p = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
-        seg_s = torch.empty_like(seg_p)
+        args['seg_p_ptr'] = torch.empty(cfg.programs, cfg.n_seg, cfg.d, **f32)
+        args['seg_s_ptr'] = torch.empty_like(args['seg_p_ptr'])
         _scan_bwd_kernel[cfg.grid(cfg.n_seg - 1)](   # the first segment's carry is unused
-            *head, seg_p, seg_s, dirs, lb, *tail, *sizes, 1, cfg.eps, CARRY_PASS=True,
-            LOOK_BACK=False, **meta)
+            **args, seg_offset=1, CARRY_PASS=True, LOOK_BACK=False)
     _scan_bwd_kernel[cfg.grid(n_seg)](
-        *head, seg_p, seg_s, dirs, lb, *tail, *sizes, 0, cfg.eps, CARRY_PASS=False,
-        LOOK_BACK=one_pass, **meta)
+        **args, seg_offset=0, CARRY_PASS=False, LOOK_BACK=one_pass)
     # summed over batch and segments: (G * d,) per channel, (G, d, R) for the dt weight
     grads = dict.fromkeys(('A', 'D', 'bias', 'lnw', 'lnb', 'w'))
     sums = slabs.view(len(names), cfg.batch, cfg.G, n_seg, cfg.d).sum((1, 3))
@@ -883,10 +889,14 @@ class _SelectiveScanFn(torch.autograd.Function):
         dB = torch.empty(cfg.n_dblocks, batch, L, device=u.device, dtype=torch.float32)
         dC = torch.empty_like(dB)
         sred = (batch * L, L, 1, 0)
-        dirs = _direction_tensor((0, ), u.device)
-        grads = _backward(cfg, _generic_operands(u, delta, A1, B, C, D1, bias1), grad_out,
-                          _seq_strides(grad_out), hs, dirs, du, _seq_strides(du), ddelta,
-                          _seq_strides(ddelta), dB, sred, dC, sred, None, (0, 0, 0))
+        grad_args = dict(**tensor_args('go', grad_out, _seq_strides(grad_out), 'blc'),
+                         **tensor_args('du', du, _seq_strides(du), 'blc'),
+                         **tensor_args('ddl', ddelta, _seq_strides(ddelta), 'blc'),
+                         **tensor_args('dB', dB, sred, 'kblg'),
+                         **tensor_args('dC', dC, sred, 'kblg'),
+                         **tensor_args('dz', A1, (0, 0, 0), 'blc'),
+                         hs_ptr=hs, dir_ptr=_direction_tensor((0, ), u.device))
+        grads = _backward(cfg, _generic_operands(u, delta, A1, B, C, D1, bias1), grad_args)
         b_dtype, c_dtype, a_dtype, a_shape = ctx.dtypes
         dB = dB.sum(0).unsqueeze(1).to(b_dtype)
         dC = dC.sum(0).unsqueeze(1).to(c_dtype)
@@ -982,10 +992,15 @@ def _grouped_scan_backward(grad_out, u, xdbl, z, w, bias, A, D, lnw, lnb, hs, ep
     sdx = _token_strides(dx)
     sBd = (0, sdx[0], sdx[1], sdx[2])
     ops = _grouped_operands(u, xdbl, z, w, bias, A, D, lnw, lnb, G, R)
-    grads = _backward(cfg, ops, grad_out, sgo, hs, _direction_tensor(directions, u.device),
-                      du, _token_strides(du), dx, sdx, dx[..., G * R:], sBd,
-                      dx[..., G * R + G:], sBd, dz,
-                      _token_strides(dz) if dz is not None else (0, 0, 0))
+    grad_args = dict(**tensor_args('go', grad_out, sgo, 'blc'),
+                     **tensor_args('du', du, _token_strides(du), 'blc'),
+                     **tensor_args('ddl', dx, sdx, 'blc'),
+                     **tensor_args('dB', dx[..., G * R:], sBd, 'kblg'),
+                     **tensor_args('dC', dx[..., G * R + G:], sBd, 'kblg'),
+                     **tensor_args('dz', A if dz is None else dz,
+                                   (0, 0, 0) if dz is None else _token_strides(dz), 'blc'),
+                     hs_ptr=hs, dir_ptr=_direction_tensor(directions, u.device))
+    grads = _backward(cfg, ops, grad_args)
     def absent():  # a fresh one for each absent input (a custom op's outputs are distinct)
         return u.new_empty(0, dtype=torch.float32)
     return (du, dx, absent() if dz is None else dz,
