@@ -83,8 +83,7 @@ TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
     ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``, ``fwd_look_back``,
-    ``bwd_look_back``);
-    returns the previous values."""
+    ``bwd_look_back``); returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -193,7 +192,8 @@ def _pack(p, s):
     """Two fp32 vectors as one int64 each (``p`` in the low half, ``s`` in the high). A
     slot starts with all bits set; each half is ready once it is not all ones any more (a
     NaN pattern arithmetic never produces: NVIDIA GPUs write the canonical NaN). Both
-    halves are checked, since the compiler may store the 64 bits as two 32-bit words."""
+    halves are checked: Triton 3.6 stores the pair as one 64-bit word for sm_90, but
+    nothing promises that it always will."""
     lo = p.to(tl.uint32, bitcast=True).to(tl.int64)
     hi = s.to(tl.uint32, bitcast=True).to(tl.int64)
     return (hi << 32) | lo
@@ -209,7 +209,7 @@ def _read_slot(ptr, mask_d, first_row, spread):
     rows of a chunk with garbage carries). So every copy is checked (broadcast over the
     tile's rows, where each thread holds its own copy) and the values come back out of
     the checked tile by a reduction (row 0), identical in every thread. A slot is ready
-    when both of its halves are written (the compiler may store them as two words)."""
+    when both of its halves are written (:func:`_pack`)."""
     x = tl.load(ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
     lo = x.to(tl.int32)
     hi = (x >> 32).to(tl.int32)
@@ -237,14 +237,18 @@ def _chunk_ticket(lb_ptr, n_chunks, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _look_back(p, s, agg_ptr, inc_ptr, pid, k, n_chunks, d, j, mask_d,
+def _look_back(p, s, lb_ptr, pid, k, n_chunks, d, j, mask_d,
                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
     """The carry entering chunk ``k`` of a sequence, a one-pass scan across chunks
     (decoupled look-back): publish the chunk's own ``(p, s)`` (the affine map ``x -> s +
     p x`` it applies to the carry), compose the maps of the chunks before it (to the left,
     or to the right for ``REVERSE``) until one has published its inclusive result, then
     publish this chunk's inclusive result. Waiting happens only on chunks of earlier
-    programs (:func:`_chunk_ticket`)."""
+    programs (:func:`_chunk_ticket`). ``lb_ptr``: the buffer of
+    :func:`_look_back_buffer` (the counter, then the aggregates, then the inclusive
+    results, one slot per sequence, chunk and channel)."""
+    agg_ptr = lb_ptr + 1
+    inc_ptr = agg_ptr + tl.num_programs(0) * n_chunks * d
     tl.store(agg_ptr + (pid * n_chunks + k) * d + j, _pack(p, s), mask=mask_d)
     if REVERSE:
         step = -1
@@ -352,11 +356,9 @@ def _scan_fwd_kernel(
         bx = delta * Bv[:, None] * u
         a_cum, h_loc = tl.associative_scan((a, bx), 0, _combine)
         if LOOK_BACK:
-            slots = tl.num_programs(0) * n_chunks * d
             h = _look_back(tl.sum(tl.where(last_row, a_cum, 0.), axis=0),
-                           tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr + 1,
-                           lb_ptr + 1 + slots, pid, k, n_chunks, d, j, mask_d, BLOCK_L,
-                           BLOCK_D, False)
+                           tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr, pid, k,
+                           n_chunks, d, j, mask_d, BLOCK_L, BLOCK_D, False)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
         h = tl.sum(tl.where(last_row, hh, 0.), axis=0)
@@ -541,11 +543,9 @@ def _scan_bwd_kernel(
         e = dy * Cv[:, None]
         a_rcum, s_loc = tl.associative_scan((alpha, e), 0, _combine, reverse=True)
         if LOOK_BACK:
-            slots = tl.num_programs(0) * n_chunks * d
             s_carry = _look_back(tl.sum(tl.where(first_row, a_rcum, 0.), axis=0),
-                                 tl.sum(tl.where(first_row, s_loc, 0.), axis=0),
-                                 lb_ptr + 1, lb_ptr + 1 + slots, pid, k, n_chunks, d, j,
-                                 mask_d, BLOCK_L, BLOCK_D, True)
+                                 tl.sum(tl.where(first_row, s_loc, 0.), axis=0), lb_ptr,
+                                 pid, k, n_chunks, d, j, mask_d, BLOCK_L, BLOCK_D, True)
         s = s_loc + a_rcum * s_carry[None, :]
         s_carry = tl.sum(tl.where(first_row, s, 0.), axis=0)
         if CARRY_PASS:
@@ -702,7 +702,8 @@ class _Cfg:
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
 
     def sizes(self, one_pass=False):
-        """The kernels' size arguments; ``one_pass``: segments of one chunk."""
+        """The kernels' scalar arguments (sizes, ``eps``); ``one_pass``: segments of
+        one chunk."""
         seg_chunks, n_seg = (1, self.n_chunks) if one_pass else (self.seg_chunks,
                                                                  self.n_seg)
         return dict(L=self.L, H=self.H, W=self.W, d=self.d, n_chunks=self.n_chunks,
@@ -749,9 +750,9 @@ def _warps(block_l, block_d, per_thread):
 
 
 def _look_back_buffer(cfg, device):
-    """The one-pass launches' buffer: a counter, then one int64 slot per (sequence,
-    chunk, channel) for the aggregates and one for the inclusive carries, all set to -1
-    (not ready)."""
+    """The one-pass launches' buffer (:func:`_look_back` reads its layout): a counter,
+    then one int64 slot per (sequence, chunk, channel) for the aggregates and one for the
+    inclusive carries, all set to -1 (not ready)."""
     return torch.full((1 + 2 * cfg.programs * cfg.n_chunks * cfg.d, ), -1,
                       dtype=torch.int64, device=device)
 
@@ -793,8 +794,9 @@ def _forward(cfg, ops, out, so, dirs, save_states):
 def _backward(cfg, ops, grad_args):
     """Launch the backward (with a look-back, or a carry pass first, when the sequence
     is cut into segments); ``grad_args``: the output gradient ``go`` and the gradient
-    maps ``du``, ``ddl``, ``dB``, ``dC``, ``dz`` as :func:`tensor_args` names them, and
-    ``hs_ptr``. Returns the parameter gradients summed over batch and segments."""
+    maps ``du``, ``ddl``, ``dB``, ``dC``, ``dz`` (a placeholder without a gate) as
+    :func:`tensor_args` names them, the forward's states ``hs_ptr`` and the directions
+    ``dir_ptr``. Returns the parameter gradients summed over batch and segments."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     one_pass = _one_pass(cfg, 'bwd_look_back')
     n_seg = cfg.n_chunks if one_pass else cfg.n_seg
