@@ -153,10 +153,13 @@ if triton is not None:
     def _dw_bwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, g_ptr, s_gb, s_gh,
                        s_gw, s_gc, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
                        BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                       HAS_BIAS: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, SLIDE: tl.constexpr):
         """gp = dL/d(pre-activation) (the pre-activation recomputed) for output rows
         [h0, h0 + ROWS), and this program's partial sums of dW (9 taps) and db,
         accumulated elementwise and reduced over the columns once at the end.
+        ``SLIDE``: the input rows slide through registers (one row loaded per output row,
+        the next one issued before this row's arithmetic) instead of three rows loaded
+        per output row from L1/L2.
         """
         b, h0, w, c, mask_c, mask_out = _program_tile(H, W, C, ROWS, BLOCK_W, BLOCK_C)
         k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, False)
@@ -175,13 +178,17 @@ if triton is not None:
         d7 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         d8 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         db = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-        # one output row per iteration; its three input rows come from L1/L2 (each was
-        # loaded by the previous iterations too), which compiles to straight-line code
-        # (no row tiles carried across iterations, no branches)
+        # one output row per iteration: rows oh - 1 (q), oh (p) and oh + 1 (x)
+        if SLIDE:
+            ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, h0 - 1, w, c, mask_c, H, W)
+            pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, h0, w, c, mask_c, H, W)
         for oh in range(h0, h0 + ROWS):
-            ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, oh - 1, w, c, mask_c, H, W)
-            pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, oh, w, c, mask_c, H, W)
-            xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
+            if SLIDE:
+                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
+            else:  # straight-line code, no tiles carried across iterations
+                ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, oh - 1, w, c, mask_c, H, W)
+                pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, oh, w, c, mask_c, H, W)
+                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
             pre = (ql * k0 + qc * k1 + qr * k2 + pl * k3 + pc * k4 + pr * k5
                    + xl * k6 + xc * k7 + xr * k8)
             if HAS_BIAS:
@@ -200,6 +207,9 @@ if triton is not None:
             d6 += gp * xl
             d7 += gp * xc
             d8 += gp * xr
+            if SLIDE:
+                ql, qc, qr = pl, pc, pr
+                pl, pc, pr = xl, xc, xr
         # partial sums of this program: rows 0-8 the taps (row-major 3 x 3), row 9 the bias
         out = part_ptr + (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * 10 * C + c
         tl.store(out, tl.sum(d0, axis=0), mask=mask_c)
@@ -215,12 +225,14 @@ if triton is not None:
 
 
 # Launch settings (``tools/analysis/benchmark.py --dwconv-sweep`` times alternatives):
-# elements per tile (forward / backward), warps per program, output rows per program,
-# prefetching the next input row in the forward. Chosen on an H200 at GroupMamba-T's
-# shapes, batch 128: bf16 forward 6.3 ms per model step (cuDNN conv + activation 10.4),
-# forward + backward 45 ms (cuDNN 37).
-TUNING = dict(fwd_elements=2048, bwd_elements=512, fwd_warps=4, bwd_warps=4, rows=16,
-              prefetch=True)
+# elements per tile (forward / backward), columns per tile (the rest of the tile is
+# channels), warps per program, output rows per program, prefetching the next input row
+# in the forward, sliding the input rows through registers in the backward. Chosen on an H200 at GroupMamba-T's shapes, batch 128: bf16 forward
+# 6.3 ms per model step (cuDNN conv + activation 10.4), forward + backward 45 ms (cuDNN
+# 37).
+TUNING = dict(fwd_elements=2048, bwd_elements=512, fwd_block_w=64, bwd_block_w=64,
+              fwd_warps=4, bwd_warps=4, rows=16, bwd_rows=16, prefetch=True,
+              bwd_slide=False)
 
 
 def set_tuning(**kwargs):
@@ -234,17 +246,20 @@ def set_tuning(**kwargs):
 def _launch(B, H, W, C, backward=False):
     """Grid and tiles: BLOCK_W columns x BLOCK_C channels, ROWS output rows per program
     (fewer when the grid would be small: batch 1)."""
-    elements = TUNING['bwd_elements' if backward else 'fwd_elements']
-    block_w = min(64, triton.next_power_of_2(W))
+    pass_ = 'bwd' if backward else 'fwd'
+    elements = TUNING[f'{pass_}_elements']
+    block_w = min(TUNING[f'{pass_}_block_w'], triton.next_power_of_2(W))
     block_c = min(triton.next_power_of_2(C), max(16, elements // block_w))
     n_wb, n_cb = triton.cdiv(W, block_w), triton.cdiv(C, block_c)
-    rows = TUNING['rows']
+    rows = TUNING['bwd_rows' if backward else 'rows']
     while rows > 2 and B * triton.cdiv(H, rows) * n_wb * n_cb < 1024:
         rows //= 2
     grid = (B * triton.cdiv(H, rows), n_wb, n_cb)
-    warps = 1 if triton_interpreting() else TUNING['bwd_warps' if backward else 'fwd_warps']
+    warps = 1 if triton_interpreting() else TUNING[f'{pass_}_warps']
     meta = dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
-    if not backward:
+    if backward:
+        meta['SLIDE'] = TUNING['bwd_slide']
+    else:
         meta['PREFETCH'] = TUNING['prefetch']
     return grid, meta
 

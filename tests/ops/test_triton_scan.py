@@ -30,6 +30,21 @@ def _no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
+@pytest.fixture(autouse=True)
+def _restore_tuning():
+    """Tests that pick launch settings leave the defaults behind them."""
+    try:
+        from mmgroupmamba.ops import dwconv, selective_scan_triton
+    except ImportError:  # no Triton
+        yield
+        return
+    saved = [(m.TUNING, dict(m.TUNING)) for m in (dwconv, selective_scan_triton)]
+    yield
+    for tuning, values in saved:
+        tuning.clear()
+        tuning.update(values)
+
+
 def _scan_inputs(batch, dim, length, device, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -343,8 +358,10 @@ def test_generic_triton_rejects_state_size_above_one():
 @pytest.mark.parametrize('shape,act', [((2, 56, 56, 64), 'silu'), ((3, 13, 17, 348), 'silu'),
                                        ((2, 1, 1, 448), 'silu'), ((2, 28, 28, 512), 'gelu'),
                                        ((1, 7, 7, 1792), 'gelu')])
-def test_fused_dwconv_matches_pytorch(shape, act):
-    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act
+@pytest.mark.parametrize('slide', [False, True], ids=['bwd-reload', 'bwd-slide'])
+def test_fused_dwconv_matches_pytorch(shape, act, slide):
+    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
+    set_tuning(bwd_slide=slide)
     torch.manual_seed(0)
     C = shape[-1]
     x = torch.randn(*shape, device='cuda', requires_grad=True)
@@ -408,8 +425,10 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
-    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act
-    for shape, act in [((2, 5, 7, 20), 'silu'), ((1, 3, 2, 70), 'gelu')]:
+    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
+    for shape, act, slide in [((2, 5, 7, 20), 'silu', False), ((1, 3, 2, 70), 'gelu', False),
+                              ((2, 19, 7, 20), 'gelu', True), ((1, 5, 3, 70), 'silu', True)]:
+        set_tuning(bwd_slide=slide, bwd_rows=4)
         x = torch.randn(*shape, requires_grad=True)
         w = torch.randn(shape[-1], 1, 3, 3, requires_grad=True)
         b = torch.randn(shape[-1], requires_grad=True)
@@ -476,7 +495,10 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                                                      BLOCK_C=32, PREFETCH=True)),
                        (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
                                                      BLOCK_C=32, PREFETCH=False)),
-                       (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16))):
+                       (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16,
+                                                     SLIDE=False)),
+                       (dwconv._dw_bwd_kernel, dict(ACT=2, HAS_BIAS=True, BLOCK_C=32,
+                                                     SLIDE=True))):
         compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
     from mmgroupmamba.ops import fused_layer_norm as ln
     for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):

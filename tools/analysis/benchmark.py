@@ -509,19 +509,26 @@ def dwconv_sweep(args, device):
     print(f'  cuDNN conv + activation: forward {run(cudnn, False):7.2f} ms, '
           f'forward+backward {run(cudnn, True):7.2f} ms per model step')
     saved = dict(dwconv.TUNING)
-    for elements, warps, rows, prefetch in [(2048, 8, 16, True), (2048, 8, 16, False),
-                                            (2048, 4, 16, True), (1024, 4, 16, True),
-                                            (1024, 8, 16, True), (4096, 8, 16, True),
-                                            (2048, 8, 8, True), (2048, 8, 32, True)]:
-        dwconv.set_tuning(fwd_elements=elements, fwd_warps=warps, rows=rows,
-                          prefetch=prefetch)
-        print(f'  fused fwd elements {elements:>5} warps {warps} rows {rows:>2} prefetch '
-              f'{prefetch:d}: forward {run(fused, False):7.2f} ms', flush=True)
+    for elements, block_w, warps, rows, prefetch in [
+            (2048, 64, 4, 16, True), (2048, 64, 8, 16, True), (2048, 32, 4, 16, True),
+            (2048, 16, 4, 16, True), (4096, 32, 8, 16, True), (1024, 16, 4, 16, True),
+            (2048, 32, 4, 32, True), (2048, 32, 4, 16, False)]:
+        dwconv.set_tuning(fwd_elements=elements, fwd_block_w=block_w, fwd_warps=warps,
+                          rows=rows, prefetch=prefetch)
+        print(f'  fused fwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
+              f'{rows:>2} prefetch {prefetch:d}: forward {run(fused, False):7.2f} ms',
+              flush=True)
     dwconv.TUNING.update(saved)
-    for elements, warps in [(1024, 8), (1024, 4), (512, 4), (2048, 8)]:
-        dwconv.set_tuning(bwd_elements=elements, bwd_warps=warps)
-        print(f'  fused bwd elements {elements:>5} warps {warps}: forward+backward '
-              f'{run(fused, True):7.2f} ms', flush=True)
+    for elements, block_w, warps, rows, slide in [
+            (512, 64, 4, 16, False), (512, 64, 4, 16, True), (1024, 64, 8, 16, False),
+            (1024, 32, 4, 16, False), (1024, 32, 4, 16, True), (1024, 16, 4, 16, False),
+            (2048, 32, 8, 16, False), (2048, 32, 8, 16, True), (2048, 16, 8, 16, False),
+            (1024, 32, 4, 8, False), (1024, 32, 4, 32, True), (512, 16, 4, 16, True)]:
+        dwconv.set_tuning(bwd_elements=elements, bwd_block_w=block_w, bwd_warps=warps,
+                          bwd_rows=rows, bwd_slide=slide)
+        print(f'  fused bwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
+              f'{rows:>2} slide {slide:d}: forward+backward {run(fused, True):7.2f} ms',
+              flush=True)
     dwconv.TUNING.update(saved)
     return []
 
