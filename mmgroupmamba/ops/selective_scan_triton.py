@@ -22,17 +22,17 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   the state entering the chunk is carried in registers;
 * parallel along the sequence: where batch x groups x channel blocks are too few
   programs to fill the GPU (detection and segmentation maps: batch 2, L up to several
-  hundred thousand), each sequence is cut into segments of whole chunks. A first launch
-  (``CARRY_PASS``) scans every segment but the last from a zero state and keeps only its
-  carry ``(prod a, h)``; the second folds the carries of the segments before it into its
-  entry state (``_entry_state``; the recurrence is associative) and writes the outputs:
-  twice the work of one pass. The one-pass alternative (``LOOK_BACK``, switched by
-  ``TUNING['fwd_look_back']`` / ``['bwd_look_back']``, off until it has passed the GPU
-  tests, see ``TUNING``): segments of one chunk, one launch; a program scans its chunk
-  from a zero state, publishes the chunk's carry, composes the carries of the chunks
-  before it until it meets one that has published its final state (a decoupled
-  look-back), publishes its own and writes the outputs; programs take their chunk from a
-  counter in arrival order, so a program only ever waits for programs already running.
+  hundred thousand), each sequence is cut into one-chunk segments scanned in one launch
+  (``LOOK_BACK``, the default): a program scans its chunk from a zero state, publishes
+  the chunk's carry ``(prod a, h)``, composes the carries of the chunks before it until
+  it meets one that has published its final state (a decoupled look-back), publishes its
+  own and writes the outputs; programs take their chunk from a counter in arrival order,
+  so a program only ever waits for programs already running. The alternative
+  (``TUNING['fwd_look_back']`` / ``['bwd_look_back']`` off) cuts sequences into segments
+  of whole chunks: a first launch (``CARRY_PASS``) scans every segment but the last from
+  a zero state and keeps only its carry; the second folds the carries of the segments
+  before it into its entry state (``_entry_state``; the recurrence is associative) and
+  writes the outputs, twice the work of one pass.
   One segment per sequence (classification batches) is a single launch either way;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
@@ -65,19 +65,18 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # (``segments_for``) only where fewer than ``split_below_per_sm`` programs per SM would
 # run; ``fwd_look_back`` / ``bwd_look_back`` scan them in one launch with one-chunk
 # segments, else (a carry pass first) they are cut into enough segments for
-# ``programs_per_sm``. The look-back is off: in its first GPU run (H100, Triton 3.6) the
-# backward got garbage carries at L = 67,200 (a slot checked in one thread's copy of a
-# vector and used from another's; ``_read_slot`` now checks every copy, which the
-# interpreter and the sm_90 compile check pass but no GPU has run yet), while the
-# forward matched the reference (fp32 1e-4, bf16). Whole-model scan time, fwd | fwd+bwd
-# (ms), H200, carry pass at 4 / 8 programs per SM: 2 x 800x1344 1.70 / 1.65 | 9.92 /
-# 9.70; 16 x 512x512 3.23 / 2.87 | 18.16 / 17.43; 2 x 512x512 0.54 / 0.55 | 3.58 / 3.81.
-# H100, carry pass at 8 programs per SM | look-back (that first run, the backward's
-# race included), same tiles: 2 x 800x1344 fwd 1.66 | 1.33, fwd+bwd 9.37 | 7.66; 16 x
-# 512x512 fwd 2.93 | 2.38, fwd+bwd 17.19 | 13.77; 2 x 512x512 fwd 0.55 | 0.49, fwd+bwd
-# 2.93 | 2.44. Batch 128 at 224 (512 programs) stays one segment.
+# ``programs_per_sm``. Whole-model scan time, fwd | fwd+bwd (ms), H200, carry pass at 4
+# / 8 programs per SM: 2 x 800x1344 1.70 / 1.65 | 9.92 / 9.70; 16 x 512x512 3.23 / 2.87
+# | 18.16 / 17.43; 2 x 512x512 0.54 / 0.55 | 3.58 / 3.81. H100, carry pass at 8
+# programs per SM | look-back, same tiles: 2 x 800x1344 fwd 1.66 | 1.33, fwd+bwd 9.37 |
+# 7.66; 16 x 512x512 fwd 2.93 | 2.38, fwd+bwd 17.19 | 13.77; 2 x 512x512 fwd 0.55 |
+# 0.49, fwd+bwd 2.93 | 2.44. (The look-back figures are from its first run, whose
+# backward read a slot from one thread's copy of a vector and used another's; with
+# ``_read_slot`` checking every copy it passes the long-sequence GPU tests, fp32 and
+# bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays one
+# segment.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
-              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=0, bwd_look_back=0)
+              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
 
 
 def set_tuning(**kwargs):

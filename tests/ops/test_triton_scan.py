@@ -176,8 +176,8 @@ LONG_SHAPES = [(1, 200, 336, 87), (2, 200, 336, 87), (1, 400, 500, 87), (2, 400,
 
 @pytest.fixture(params=[0, 1], ids=['carry-pass', 'look-back'])
 def look_back(request):
-    """Long sequences scanned with a carry pass (the default) and in one pass with a
-    look-back (``TUNING``'s ``fwd_look_back`` / ``bwd_look_back``)."""
+    """Long sequences scanned in one pass with a look-back (the default) and with a
+    carry pass (``TUNING``'s ``fwd_look_back`` / ``bwd_look_back``)."""
     from mmgroupmamba.ops.selective_scan_triton import set_tuning
     old = set_tuning(fwd_look_back=request.param, bwd_look_back=request.param)
     yield request.param

@@ -124,7 +124,11 @@ def test_compiled_backbone_on_gpu_detection_sizes():
     in train mode the gradient reaching the first convolution has zero mean over the
     batch, and its weight gradient (scale ~1e-6 here) is what is left of a sum that
     cancels almost entirely, where any change of summation order (cuDNN's algorithm or
-    Inductor's) moves it by ~1%."""
+    Inductor's) moves it by ~1%. Even in eval mode the stem's first weights get a
+    gradient that mostly cancels (small activations through near-linear GELUs into
+    scale-invariant LayerNorms: ~3e-8 against ~1e-2 elsewhere), so each gradient is
+    compared at the tolerance of its own scale plus a floor at the model's gradient scale
+    (a reordered sum errs in proportion to its terms, not to what is left of them)."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
@@ -143,12 +147,14 @@ def test_compiled_backbone_on_gpu_detection_sizes():
             sum(o.square().mean() for o in ref).backward()
             for a, r in zip(outs, ref):
                 torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+            model_scale = max(q.grad.abs().max().item() for q in eager.parameters())
             for (name, p), q in zip(model.named_parameters(), eager.parameters()):
-                scale = q.grad.abs().max().item() + 1e-6
+                scale = q.grad.abs().max().item()
                 err = (p.grad - q.grad).abs().max().item()
                 torch.testing.assert_close(
-                    p.grad, q.grad, atol=1e-3 * scale, rtol=1e-3,
-                    msg=f'{name} {size}: max |difference| {err:.2e}, gradient scale {scale:.2e}')
+                    p.grad, q.grad, atol=1e-3 * scale + 1e-6 * model_scale, rtol=1e-3,
+                    msg=f'{name} {size}: max |difference| {err:.2e}, gradient scale '
+                        f'{scale:.2e}, model gradient scale {model_scale:.2e}')
             model.zero_grad()
             eager.zero_grad()
         assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])

@@ -504,7 +504,7 @@ def dwconv_sweep(args, device):
         return dwconv._torch_impl(x, w.to(x.dtype), b.to(x.dtype), act)
 
     def fused(x, w, b, act):
-        return dwconv._DWConvAct.apply(x, w, b, act)
+        return dwconv.depthwise_conv3x3_act(x, w, b, act)
 
     print(f'  cuDNN conv + activation: forward {run(cudnn, False):7.2f} ms, '
           f'forward+backward {run(cudnn, True):7.2f} ms per model step')
@@ -512,6 +512,7 @@ def dwconv_sweep(args, device):
     for elements, block_w, warps, rows, prefetch in [
             (2048, 64, 4, 16, True), (2048, 64, 8, 16, True), (2048, 32, 4, 16, True),
             (2048, 16, 4, 16, True), (4096, 32, 8, 16, True), (1024, 16, 4, 16, True),
+            (2048, 8, 4, 16, True), (1024, 8, 4, 16, True), (4096, 16, 8, 16, True),
             (2048, 32, 4, 32, True), (2048, 32, 4, 16, False)]:
         dwconv.set_tuning(fwd_elements=elements, fwd_block_w=block_w, fwd_warps=warps,
                           rows=rows, prefetch=prefetch)
@@ -523,7 +524,8 @@ def dwconv_sweep(args, device):
             (512, 64, 4, 16, False), (512, 64, 4, 16, True), (1024, 64, 8, 16, False),
             (1024, 32, 4, 16, False), (1024, 32, 4, 16, True), (1024, 16, 4, 16, False),
             (2048, 32, 8, 16, False), (2048, 32, 8, 16, True), (2048, 16, 8, 16, False),
-            (1024, 32, 4, 8, False), (1024, 32, 4, 32, True), (512, 16, 4, 16, True)]:
+            (1024, 32, 4, 8, False), (1024, 32, 4, 32, True), (512, 16, 4, 16, True),
+            (1024, 8, 4, 16, False), (1024, 8, 4, 16, True), (2048, 8, 8, 16, True)]:
         dwconv.set_tuning(bwd_elements=elements, bwd_block_w=block_w, bwd_warps=warps,
                           bwd_rows=rows, bwd_slide=slide)
         print(f'  fused bwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
