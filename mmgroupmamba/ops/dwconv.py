@@ -226,13 +226,15 @@ if triton is not None:
 
 # Launch settings (``tools/analysis/benchmark.py --dwconv-sweep`` times alternatives):
 # elements per tile (forward / backward), columns per tile (the rest of the tile is
-# channels), warps per program, output rows per program, prefetching the next input row
-# in the forward, sliding the input rows through registers in the backward. Chosen on an H200 at GroupMamba-T's shapes, batch 128: bf16 forward
-# 6.3 ms per model step (cuDNN conv + activation 10.4), forward + backward 45 ms (cuDNN
-# 37).
-TUNING = dict(fwd_elements=2048, bwd_elements=512, fwd_block_w=64, bwd_block_w=64,
+# channels: narrow tiles read long runs of channels), warps per program, output rows per
+# program, prefetching the next input row in the forward, sliding the input rows through
+# registers in the backward. Chosen on an H100 at GroupMamba-T's 2 x 800x1344 shapes,
+# bf16, ms per model step: forward 1.66 (2048-element tiles 64 columns wide, the earlier
+# setting chosen at batch 128 on an H200: 2.13; cuDNN conv + activation 3.85), forward +
+# backward 9.78 (earlier 11.42; cuDNN 11.86).
+TUNING = dict(fwd_elements=1024, bwd_elements=512, fwd_block_w=8, bwd_block_w=16,
               fwd_warps=4, bwd_warps=4, rows=16, bwd_rows=16, prefetch=True,
-              bwd_slide=False)
+              bwd_slide=True)
 
 
 def set_tuning(**kwargs):

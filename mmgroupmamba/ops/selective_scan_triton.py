@@ -72,9 +72,9 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # 7.66; 16 x 512x512 fwd 2.93 | 2.38, fwd+bwd 17.19 | 13.77; 2 x 512x512 fwd 0.55 |
 # 0.49, fwd+bwd 2.93 | 2.44. (The look-back figures are from its first run, whose
 # backward read a slot from one thread's copy of a vector and used another's; with
-# ``_read_slot`` checking every copy it passes the long-sequence GPU tests, fp32 and
-# bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays one
-# segment.
+# ``_read_slot`` taking one copy for all threads it passes the long-sequence GPU tests,
+# fp32 and bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays
+# one segment.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
 
@@ -200,23 +200,21 @@ def _pack(p, s):
 
 @triton.jit
 def _read_slot(ptr, mask_d, first_row, spread):
-    """``(p, s, ready)`` of one chunk's slots, as every thread of the program read them.
+    """``(p, s, ready)`` of one chunk's slots, the same in every thread of the program.
 
-    A (BLOCK_D,) vector is held by several threads at once, each loading it itself;
-    reductions look at one copy only. A slot written between two copies' loads would
-    pass a check of one copy and be used, unwritten, by another (seen on an H100: whole
-    rows of a chunk with garbage carries). So every copy is checked (broadcast over the
-    tile's rows, where each thread holds its own copy) and the values come back out of
-    the checked tile by a reduction (row 0), identical in every thread. A slot is ready
-    when both of its halves are written (:func:`_pack`)."""
+    A (BLOCK_D,) vector is held by several threads at once, each loading it itself; a
+    slot written between two copies' loads would be ready in one copy and not in another
+    (seen on an H100: whole rows of a chunk with garbage carries). So one copy is taken
+    for all: the loaded vector is broadcast over the tile's rows (where each element has
+    one owner) and row 0 comes back out by a reduction, identical in every thread; the
+    readiness is checked on that value. A slot is ready when both of its halves are
+    written (:func:`_pack`)."""
     x = tl.load(ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
+    x = tl.sum(tl.where(first_row, x, 0), axis=0)
     lo = x.to(tl.int32)
     hi = (x >> 32).to(tl.int32)
-    ok = ((lo != -1) & (hi != -1)).to(tl.int32)
-    ready = tl.min(tl.min(ok, axis=1), axis=0) == 1
-    x = tl.sum(tl.where(first_row, x, 0), axis=0)
-    return (x.to(tl.int32).to(tl.float32, bitcast=True),
-            (x >> 32).to(tl.int32).to(tl.float32, bitcast=True), ready)
+    ready = tl.min(((lo != -1) & (hi != -1)).to(tl.int32), axis=0) == 1
+    return lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True), ready
 
 
 @triton.jit
