@@ -266,13 +266,20 @@ def _launch(B, H, W, C, backward=False):
     return grid, meta
 
 
+def _map_args(name, t):
+    """``{name}_ptr`` and its strides ``s_{name}b``, ``s_{name}h``, ``s_{name}w``,
+    ``s_{name}c`` of a (B, H, W, C) map, as the kernels name them."""
+    return {f'{name}_ptr': t, **{f's_{name}{a}': st for a, st in zip('bhwc', t.stride())}}
+
+
 def _dwconv_forward(x, w9, bias, act):
     """The forward launch: ``x`` (B, H, W, C), ``w9`` (C, 9) and ``bias`` fp32, ``act``
     a code of :data:`ACTIVATIONS`."""
     B, H, W, C = x.shape
     y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
     grid, meta = _launch(B, H, W, C)
-    _dw_fwd_kernel[grid](x, *x.stride(), w9, bias if bias is not None else w9, y, H, W, C,
+    _dw_fwd_kernel[grid](**_map_args('x', x), w_ptr=w9,
+                         b_ptr=bias if bias is not None else w9, y_ptr=y, H=H, W=W, C=C,
                          ACT=act, HAS_BIAS=bias is not None, FLIP=False, **meta)
     return y
 
@@ -284,14 +291,15 @@ def _dwconv_backward(grad, x, w9, bias, act):
     gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
     grid, meta = _launch(B, H, W, C, backward=True)
     part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
-    _dw_bwd_kernel[grid](x, *x.stride(), w9, bias if bias is not None else w9, grad,
-                         *grad.stride(), gp, part, H, W, C, ACT=act,
+    _dw_bwd_kernel[grid](**_map_args('x', x), w_ptr=w9,
+                         b_ptr=bias if bias is not None else w9, **_map_args('g', grad),
+                         gp_ptr=gp, part_ptr=part, H=H, W=W, C=C, ACT=act,
                          HAS_BIAS=bias is not None, **meta)
     # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
     dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
     grid, meta = _launch(B, H, W, C)
-    _dw_fwd_kernel[grid](gp, *gp.stride(), w9, w9, dx, H, W, C, ACT=0, HAS_BIAS=False,
-                         FLIP=True, **meta)
+    _dw_fwd_kernel[grid](**_map_args('x', gp), w_ptr=w9, b_ptr=w9, y_ptr=dx, H=H, W=W, C=C,
+                         ACT=0, HAS_BIAS=False, FLIP=True, **meta)
     part = part.sum(0)                                                 # (10, C)
     db = part[9] if bias is not None else x.new_empty(0, dtype=torch.float32)
     return dx, part[:9].t(), db

@@ -162,9 +162,11 @@ class _LayerNormFn(torch.autograd.Function):
         block_m, block_c = _tiles(C, 4096)
         dummy = x
         _ln_fwd_kernel[(triton.cdiv(M, block_m), )](
-            x, y if y is not None else dummy, scale if scale is not None else dummy,
-            weight if weight is not None else dummy, bias if bias is not None else dummy,
-            out, M, C, rows_per_batch, eps, BLOCK_M=block_m, BLOCK_C=block_c,
+            x_ptr=x, y_ptr=y if y is not None else dummy,
+            s_ptr=scale if scale is not None else dummy,
+            w_ptr=weight if weight is not None else dummy,
+            b_ptr=bias if bias is not None else dummy, out_ptr=out, M=M, C=C,
+            rows_per_batch=rows_per_batch, eps=eps, BLOCK_M=block_m, BLOCK_C=block_c,
             MOD=y is not None, HAS_W=weight is not None, HAS_B=bias is not None,
             num_warps=_warps(block_m * block_c))
         ctx.save_for_backward(x, y, scale, weight)
@@ -190,9 +192,11 @@ class _LayerNormFn(torch.autograd.Function):
                    else dx)
         dwb_part = torch.empty(n_prog, 2, C, device=x.device, dtype=torch.float32)
         _ln_bwd_kernel[(n_prog, )](
-            x, y if mod else x, scale if mod else x, weight if weight is not None else x,
-            grad, dx, dy, ds_part, dwb_part, C, rows_per_batch, n_tiles, eps,
-            BLOCK_M=block_m, BLOCK_C=block_c, MOD=mod, HAS_W=weight is not None,
+            x_ptr=x, y_ptr=y if mod else x, s_ptr=scale if mod else x,
+            w_ptr=weight if weight is not None else x, g_ptr=grad, dx_ptr=dx, dy_ptr=dy,
+            ds_part_ptr=ds_part, dwb_part_ptr=dwb_part, C=C,
+            rows_per_batch=rows_per_batch, n_tiles=n_tiles, eps=eps, BLOCK_M=block_m,
+            BLOCK_C=block_c, MOD=mod, HAS_W=weight is not None,
             num_warps=_warps(block_m * block_c))
         dwb = dwb_part.sum(0)
         dw = dwb[0].to(weight.dtype) if weight is not None else None

@@ -96,7 +96,8 @@ def linear_tf32x3(x: torch.Tensor, weight: torch.Tensor, bias=None,
     M = x2.shape[0]
     y = torch.empty(M, N, device=x.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(M, meta['BLOCK_M']) * triton.cdiv(N, meta['BLOCK_N']), )  # noqa: E731,E501
-    _linear_kernel[grid](x2, weight, bias if bias is not None else weight, y, M, N, K,
+    _linear_kernel[grid](x_ptr=x2, w_ptr=weight,
+                         b_ptr=bias if bias is not None else weight, y_ptr=y, M=M, N=N, K=K,
                          HAS_BIAS=bias is not None, PRECISION=precision)
     return y.view(*x.shape[:-1], N)
 

@@ -126,9 +126,11 @@ def test_compiled_backbone_on_gpu_detection_sizes():
     cancels almost entirely, where any change of summation order (cuDNN's algorithm or
     Inductor's) moves it by ~1%. Even in eval mode the stem's first weights get a
     gradient that mostly cancels (small activations through near-linear GELUs into
-    scale-invariant LayerNorms: ~3e-8 against ~1e-2 elsewhere), so each gradient is
-    compared at the tolerance of its own scale plus a floor at the model's gradient scale
-    (a reordered sum errs in proportion to its terms, not to what is left of them)."""
+    scale-invariant LayerNorms: ~3e-8 against ~0.2 elsewhere; the stem's output bias
+    ~4e-6, a sum over every position of gradients that LayerNorm centres), so each
+    gradient is compared at the tolerance of its own scale plus a floor of 1e-5 of the
+    model's gradient scale: a reordered sum errs in proportion to its terms, not to what
+    is left of them (on an H100: 2.4e-7 on that bias, 7e-9 on the first weight)."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
@@ -152,7 +154,7 @@ def test_compiled_backbone_on_gpu_detection_sizes():
                 scale = q.grad.abs().max().item()
                 err = (p.grad - q.grad).abs().max().item()
                 torch.testing.assert_close(
-                    p.grad, q.grad, atol=1e-3 * scale + 1e-6 * model_scale, rtol=1e-3,
+                    p.grad, q.grad, atol=1e-3 * scale + 1e-5 * model_scale, rtol=1e-3,
                     msg=f'{name} {size}: max |difference| {err:.2e}, gradient scale '
                         f'{scale:.2e}, model gradient scale {model_scale:.2e}')
             model.zero_grad()
