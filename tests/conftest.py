@@ -56,6 +56,10 @@ try:
 except ImportError:
     HAS_TRITON = False
 
+# the compiled Triton kernels, on a GPU
+requires_triton_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
+
 # Triton kernels on CPU through Triton's interpreter, in a subprocess (the interpreter is
 # switched on by an environment variable read at import). GPU machines run the compiled
 # kernels in the GPU tests instead.
@@ -74,7 +78,7 @@ def run_in_triton_interpreter(body: str):
     script = (f'import sys; sys.path[:0] = {[REPO_ROOT, *TEST_DIRS]!r}\n'
               + textwrap.dedent(body))
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            env=dict(os.environ, TRITON_INTERPRET='1'), timeout=600)
+                            env=dict(os.environ, TRITON_INTERPRET='1'), timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'interpreter ok' in result.stdout
 
@@ -88,6 +92,37 @@ def _restore_default_scope():
     yield
     DefaultScope._instance_dict.clear()
     DefaultScope._instance_dict.update(saved)
+
+
+# Requested by the Triton kernel and model tests (tests/ops/test_selective_scan_triton.py,
+# test_dwconv.py, tests/models/test_triton_paths.py) through
+# ``pytestmark = pytest.mark.usefixtures('_no_tf32', '_restore_tuning')``. Not autouse in a
+# tests/ops/conftest.py: a conftest.py in a folder without ``__init__.py`` is imported as
+# module ``conftest`` as well and would replace this one for every ``from conftest import``
+# collected after it.
+@pytest.fixture
+def _no_tf32():
+    # cuDNN convolutions default to TF32 on Ampere+, which alone moves fp32 logits by
+    # ~1e-3; every fp32 comparison here is against true fp32 references.
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@pytest.fixture
+def _restore_tuning():
+    """Tests that pick launch settings leave the defaults behind them."""
+    try:
+        from mmgroupmamba.ops import dwconv, selective_scan_triton
+    except ImportError:  # no Triton
+        yield
+        return
+    saved = [(m.TUNING, dict(m.TUNING)) for m in (dwconv, selective_scan_triton)]
+    yield
+    for tuning, values in saved:
+        tuning.clear()
+        tuning.update(values)
 
 
 def released_small_classifier(reference, device='cpu'):

@@ -3,14 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
+from conftest import (HAS_TRITON, requires_triton_gpu, requires_triton_interpreter,
+                      run_in_triton_interpreter)
 from mmgroupmamba.models.layers import ConvFFN, Linear
 from mmgroupmamba.ops import linear, linear_tf32x3
 from mmgroupmamba.ops.dispatch import apply_function
 from mmgroupmamba.ops.tf32x3 import tf32x3_applies
-
-requires_triton_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
 
 
 def _autocast_linear(x, fc):

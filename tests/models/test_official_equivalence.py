@@ -104,7 +104,7 @@ def test_fixture_logits_move_by_more_than_1e3_with_fp16_weights_alone(reference,
     """The floor of any fp16 (AMP) execution of this checkpoint: rounding only the
     weights to fp16 -- computing everything else in float32 -- moves the fixture's
     logits by more than 1e-3, so the AMP tests compare with the released execution's
-    own fp16 error instead of a flat 1e-3 (see test_triton_scan)."""
+    own fp16 error instead of a flat 1e-3 (see test_triton_paths)."""
     from mmpretrain.apis import init_model
     dst, cfg = converted
     exp = reference['expected']

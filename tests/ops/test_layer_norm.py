@@ -10,12 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import HAS_TRITON, requires_triton_interpreter, run_in_triton_interpreter
+from conftest import requires_triton_gpu, requires_triton_interpreter, run_in_triton_interpreter
 from mmgroupmamba.models.layers import LayerNorm
 from mmgroupmamba.ops import layer_norm, modulated_layer_norm
-
-requires_triton_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
 
 # (shape, eps): narrow power-of-two rows, the odd widths of T/S stage 3 (348 = 4 x 87),
 # a class token (1 x 1 map), a 3-D input, several tiles per image

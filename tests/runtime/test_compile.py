@@ -12,14 +12,12 @@ fixture through the compiled backbone.
 import pytest
 import torch
 
-from conftest import (HAS_TRITON, released_small_classifier, requires_triton_interpreter,
-                      run_in_triton_interpreter)
+from conftest import (released_small_classifier, requires_triton_gpu,
+                      requires_triton_interpreter, run_in_triton_interpreter)
 from mmgroupmamba.models import GroupMamba
 from mmgroupmamba.runtime import runners
 
 SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
-requires_triton_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
 
 
 def test_compile_argument():

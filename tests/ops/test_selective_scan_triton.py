@@ -5,44 +5,18 @@ interpreter (``TRITON_INTERPRET=1``) in a subprocess, on tiny shapes; that test 
 when Triton is not installed (or ``MMGM_SKIP_TRITON_INTERPRET=1``).
 
 On a GPU machine:
-    python -m pytest tests/ops/test_triton_scan.py tests/models/test_grouped_layer.py -q
+    python -m pytest tests/ops/test_selective_scan_triton.py \
+        tests/models/test_grouped_layer.py -q
 """
-import os
-
 import pytest
 import torch
 
-from conftest import (HAS_TRITON, released_small_classifier, requires_cuda,
-                      requires_triton_interpreter, run_in_triton_interpreter)
+from conftest import (HAS_TRITON, requires_triton_gpu, requires_triton_interpreter,
+                      run_in_triton_interpreter)
 from mmgroupmamba.ops import grouped_selective_scan_torch, selective_scan_ref
 
-requires_triton_gpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() and HAS_TRITON), reason='needs a CUDA GPU and Triton')
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    # cuDNN convolutions default to TF32 on Ampere+, which alone moves fp32 logits by
-    # ~1e-3; every fp32 comparison here is against true fp32 references.
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
-
-
-@pytest.fixture(autouse=True)
-def _restore_tuning():
-    """Tests that pick launch settings leave the defaults behind them."""
-    try:
-        from mmgroupmamba.ops import dwconv, selective_scan_triton
-    except ImportError:  # no Triton
-        yield
-        return
-    saved = [(m.TUNING, dict(m.TUNING)) for m in (dwconv, selective_scan_triton)]
-    yield
-    for tuning, values in saved:
-        tuning.clear()
-        tuning.update(values)
+# fp32 comparisons without TF32; launch settings restored after each test (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures('_no_tf32', '_restore_tuning')
 
 
 def _scan_inputs(batch, dim, length, device, dtype=torch.float32, seed=0):
@@ -243,72 +217,6 @@ def test_sequences_are_cut_into_segments_only_where_the_gpu_is_underfilled():
     assert segments_for(n_chunks=3, programs=1, sm_count=sms) == 3
 
 
-# ------------------------------------------------------------------------ whole model
-@requires_triton_gpu
-def test_released_fixture_logits_on_triton_path(reference):
-    from mmgroupmamba.execution import configure_execution
-    model = released_small_classifier(reference, 'cuda')
-    configure_execution(model, mixer='grouped', scan_backend='triton')
-    exp = reference['expected']
-    x, expected = exp['input'].cuda(), exp['logits_eval'].cuda()
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=0)
-        configure_execution(model, mixer='reference', scan_backend='pytorch')
-        with torch.autocast('cuda', dtype=torch.float16):
-            ref_amp = model(x).float()
-        configure_execution(model, mixer='grouped', scan_backend='triton')
-        with torch.autocast('cuda', dtype=torch.float16):
-            amp = model(x).float()
-    assert torch.isfinite(amp).all()
-    err, ref_err = (amp - expected).abs().max().item(), (ref_amp - expected).abs().max().item()
-    print(f'fp16 autocast: max |logit error| triton {err:.2e}, reference path {ref_err:.2e}')
-    # fp16 rounding of the matmuls' weights and inputs (stem, FFN, heads, not the scan)
-    # sets the floor: fp16 weights alone move these logits by more than 1e-3
-    # (test_official_equivalence); the reference execution is as far off, ours must be
-    # within 1.5x of it.
-    assert err <= max(1e-3, 1.5 * ref_err)
-    torch.testing.assert_close(amp, ref_amp, atol=max(1e-3, 2 * ref_err), rtol=0)
-
-
-@requires_triton_gpu
-@pytest.mark.parametrize('amp', [False, True])
-def test_model_training_step_triton_vs_reference(amp):
-    from mmgroupmamba.models import GroupMamba
-    from mmgroupmamba.execution import configure_execution
-    torch.manual_seed(0)
-    model = GroupMamba(dict(stem_channels=16, embed_dims=[32, 64, 348, 128],
-                            depths=[1, 2, 2, 1], mlp_ratios=[2, 2, 2, 2]),
-                       drop_path_rate=0.).cuda()
-    x = torch.randn(3, 3, 96, 80, device='cuda')
-    results = {}
-    for impl, backend in (('reference', 'pytorch'), ('grouped', 'triton')):
-        configure_execution(model, mixer=impl, scan_backend=backend)
-        model.zero_grad()
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
-            outs = model(x)
-        loss = sum(o.float().square().mean() for o in outs)
-        loss.backward()
-        results[impl] = ([o.float() for o in outs],
-                         {n: p.grad.clone() for n, p in model.named_parameters()})
-    tol = 5e-2 if amp else 1e-4
-    for a, b in zip(results['grouped'][0], results['reference'][0]):
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a, b, atol=tol * max(1., b.abs().max().item()), rtol=tol)
-    for name, g in results['reference'][1].items():
-        got = results['grouped'][1][name]
-        assert torch.isfinite(got).all(), name
-        if not amp:
-            torch.testing.assert_close(got, g, atol=1e-3 * max(1e-2, g.abs().max().item()),
-                                       rtol=1e-3, msg=name)
-
-
-@requires_cuda
-def test_auto_backend_prefers_triton_on_cuda():
-    from mmgroupmamba.ops import resolve_backend
-    if HAS_TRITON:
-        assert resolve_backend('auto', 'cuda') == 'triton'
-
-
 # ------------------------------------------------------------------------- generic API
 @requires_triton_gpu
 @pytest.mark.parametrize('shape,variant', [
@@ -353,41 +261,14 @@ def test_generic_triton_rejects_state_size_above_one():
                               torch.randn(1, 3, 5))
 
 
-# ------------------------------------------------------------------- fused dwconv+act
-@requires_triton_gpu
-@pytest.mark.parametrize('shape,act', [((2, 56, 56, 64), 'silu'), ((3, 13, 17, 348), 'silu'),
-                                       ((2, 1, 1, 448), 'silu'), ((2, 28, 28, 512), 'gelu'),
-                                       ((1, 7, 7, 1792), 'gelu')])
-@pytest.mark.parametrize('slide', [False, True], ids=['bwd-reload', 'bwd-slide'])
-def test_fused_dwconv_matches_pytorch(shape, act, slide):
-    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
-    set_tuning(bwd_slide=slide)
-    torch.manual_seed(0)
-    C = shape[-1]
-    x = torch.randn(*shape, device='cuda', requires_grad=True)
-    w = torch.randn(C, 1, 3, 3, device='cuda', requires_grad=True)
-    b = torch.randn(C, device='cuda', requires_grad=True)
-    y, y_ref = depthwise_conv3x3_act(x, w, b, act), _torch_impl(x, w, b, act)
-    torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, w, b), g)
-    grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
-    for name, a, r in zip('xwb', grads, grads_ref):
-        torch.testing.assert_close(a, r, atol=1e-4 * max(1., r.abs().max().item()),
-                                   rtol=1e-4, msg=name)
-    with torch.autocast('cuda', dtype=torch.bfloat16):
-        y16 = depthwise_conv3x3_act(x.detach().bfloat16(), w, b, act)
-    assert y16.dtype == torch.bfloat16
-    torch.testing.assert_close(y16.float(), y_ref, atol=5e-2, rtol=5e-2)
-
-
 # ------------------------------------------------------------------ Triton interpreter
 _INTERPRET_SCRIPT = '''
     import torch
     # fixed output gradients: grad A sums thousands of terms in another order than the
     # reference's (chunks, segments), at the tolerance's edge for a few random draws
     torch.manual_seed(0)
-    from test_triton_scan import _scan_inputs, _grouped_inputs, _grads, _assert_grads_close
+    from test_selective_scan_triton import (_scan_inputs, _grouped_inputs, _grads,
+                                            _assert_grads_close)
     from mmgroupmamba.ops import selective_scan_ref, grouped_selective_scan_torch
     from mmgroupmamba.ops import grouped_selective_scan
     from mmgroupmamba.ops.selective_scan_triton import selective_scan_triton
@@ -425,19 +306,6 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
-    from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
-    for shape, act, slide in [((2, 5, 7, 20), 'silu', False), ((1, 3, 2, 70), 'gelu', False),
-                              ((2, 19, 7, 20), 'gelu', True), ((1, 5, 3, 70), 'silu', True)]:
-        set_tuning(bwd_slide=slide, bwd_rows=4)
-        x = torch.randn(*shape, requires_grad=True)
-        w = torch.randn(shape[-1], 1, 3, 3, requires_grad=True)
-        b = torch.randn(shape[-1], requires_grad=True)
-        y, y_ref = depthwise_conv3x3_act(x, w, b, act), _torch_impl(x, w, b, act)
-        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-        g = torch.randn_like(y)
-        for a, r in zip(torch.autograd.grad(y, (x, w, b), g),
-                        torch.autograd.grad(y_ref, (x, w, b), g)):
-            torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
     print('interpreter ok')
 '''
 
@@ -445,68 +313,3 @@ _INTERPRET_SCRIPT = '''
 @requires_triton_interpreter
 def test_kernels_in_triton_interpreter():
     run_in_triton_interpreter(_INTERPRET_SCRIPT)
-
-
-# ------------------------------------------------------------- offline sm_90 compile
-@pytest.mark.skipif(not HAS_TRITON or os.environ.get('MMGM_TRITON_COMPILE_CHECK') != '1',
-                    reason='set MMGM_TRITON_COMPILE_CHECK=1 (needs Triton; ~1 minute)')
-def test_kernels_compile_for_hopper_without_a_gpu():
-    """Triton compiles to PTX and runs its bundled ptxas without a GPU: catches kernels
-    that the interpreter accepts but the compiler rejects, and reports register spills."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from mmgroupmamba.ops import dwconv
-    from mmgroupmamba.ops import selective_scan_triton as sst
-    fp32_ptrs = {'w_ptr', 'bias_ptr', 'A_ptr', 'D_ptr', 'lnw_ptr', 'lnb_ptr', 'hs_ptr',
-                 'dA_ptr', 'dD_ptr', 'dbias_ptr', 'dlnw_ptr', 'dlnb_ptr', 'dw_ptr',
-                 'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr', 's_ptr',
-                 'ds_part_ptr', 'dwb_part_ptr', 'gp_ptr', 'seg_a_ptr', 'seg_h_ptr',
-                 'seg_p_ptr', 'seg_s_ptr'}
-
-    def compile_kernel(fn, consts, num_warps, num_stages=3, all_fp32=False):
-        sig = {}
-        for name in fn.arg_names:
-            if name in consts:
-                sig[name] = 'constexpr'
-            elif name.endswith('_ptr'):
-                sig[name] = ('*fp32' if name in fp32_ptrs or all_fp32 else
-                             '*i32' if name == 'dir_ptr' else
-                             '*i64' if name == 'lb_ptr' else '*bf16')
-            else:
-                sig[name] = 'fp32' if name == 'eps' else 'i32'
-        return triton.compile(ASTSource(fn, sig, constexprs=consts),
-                              target=GPUTarget('cuda', 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-
-    flags = dict(HAS_DT_PROJ=True, HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=True,
-                 HAS_NORM=True)
-    for carry, look_back in ((False, False), (True, False), (False, True)):
-        compile_kernel(sst._scan_fwd_kernel, dict(G=4, R=6, BLOCK_L=16, BLOCK_D=128,
-                                                  SEG_BLOCK=16, SAVE_STATES=not carry,
-                                                  CARRY_PASS=carry, LOOK_BACK=look_back,
-                                                  **flags), 4)
-        compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
-                                                  BLOCK_D=128, SEG_BLOCK=16,
-                                                  CARRY_PASS=carry, LOOK_BACK=look_back,
-                                                  **flags), 8)
-    for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
-                                                     BLOCK_C=32, PREFETCH=True)),
-                       (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
-                                                     BLOCK_C=32, PREFETCH=False)),
-                       (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16,
-                                                     SLIDE=False)),
-                       (dwconv._dw_bwd_kernel, dict(ACT=2, HAS_BIAS=True, BLOCK_C=32,
-                                                     SLIDE=True))):
-        compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
-    from mmgroupmamba.ops import fused_layer_norm as ln
-    for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):
-        compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=True, HAS_W=True,
-                                **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})), 8)
-    from mmgroupmamba.ops import tf32x3 as lin
-    for m, n, k, warps, stages in lin.CONFIGS:
-        compile_kernel(lin._linear_kernel.fn, dict(N=1392, K=348, HAS_BIAS=True,
-                                                   PRECISION='tf32x3', BLOCK_M=m, BLOCK_N=n,
-                                                   BLOCK_K=k, GROUP_M=8),
-                       warps, stages, all_fp32=True)
