@@ -38,8 +38,10 @@ if triton is not None:
 
     def _prune_configs(configs, named_args, **kwargs):
         """Tiles wider than N (beyond 64) would only compute masked-out columns: not
-        worth their compile and trial."""
-        width = max(64, triton.next_power_of_2(named_args['N']))
+        worth their compile and trial. Triton's autotuner passes the positional
+        arguments as ``named_args`` and the keyword ones as ``kwargs``."""
+        n = kwargs['N'] if 'N' in kwargs else named_args['N']
+        width = max(64, triton.next_power_of_2(n))
         return [c for c in configs if c.kwargs['BLOCK_N'] <= width] or configs
 
     @triton.autotune(configs=_configs(), key=['N', 'K'],

@@ -110,6 +110,8 @@ def test_linear_tf32x3_tries_no_tile_wider_than_needed():
     configs = [triton_config(n) for n in (64, 128, 256)]
     assert [c.kwargs['BLOCK_N'] for c in tf32x3._prune_configs(configs, {'N': 12})] == [64]
     assert len(tf32x3._prune_configs(configs, {'N': 129})) == 3
+    # the launcher passes its arguments by name: the autotuner hands them over as kwargs
+    assert [c.kwargs['BLOCK_N'] for c in tf32x3._prune_configs(configs, {}, N=12)] == [64]
 
 
 def triton_config(block_n):
