@@ -187,6 +187,60 @@ def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
 
 
 @triton.jit
+def _program(lb_ptr, dir_ptr, n_chunks, seg_offset, G: tl.constexpr,
+             LOOK_BACK: tl.constexpr, REVERSE: tl.constexpr):
+    """``(sequence pid = batch * G + group, channel block, segment, batch, group,
+    direction)`` of this program: from the grid, or with a look-back from the arrival
+    counter (:func:`_chunk_ticket`)."""
+    pid = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2) + seg_offset
+    if LOOK_BACK:
+        pid, pid_d, pid_s = _chunk_ticket(lb_ptr, n_chunks, REVERSE)
+    g = pid % G
+    return pid, pid_d, pid_s, (pid // G).to(tl.int64), g, tl.load(dir_ptr + g)
+
+
+@triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, lnw_ptr, lnb_ptr, c, mask_d,
+                    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+                    HAS_NORM: tl.constexpr):
+    """``(A, dt bias, D, LayerNorm weight, LayerNorm bias)`` of channels ``c`` in fp32
+    (zeros for a feature that is off)."""
+    A = tl.load(A_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    bias = tl.zeros((BLOCK_D, ), dtype=tl.float32)
+    Dv = tl.zeros((BLOCK_D, ), dtype=tl.float32)
+    lnw = tl.zeros((BLOCK_D, ), dtype=tl.float32)
+    lnb = tl.zeros((BLOCK_D, ), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    if HAS_NORM:
+        lnw = tl.load(lnw_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+        lnb = tl.load(lnb_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    return A, bias, Dv, lnw, lnb
+
+
+@triton.jit
+def _local_scan(u_base, s_u_l, s_u_c, dl_base, s_dl_l, s_dl_c, B_base, s_B_l, w_ptr, pos,
+                mask_l, mask2, c, j, mask_d, g, d, A, bias, R: tl.constexpr,
+                BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, HAS_DT_PROJ: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """One chunk's inputs and its scan from a zero state: ``(u, v, delta, B, delta B u,
+    prod a, h)`` (``v`` the pre-softplus delta; ``prod a`` and ``h`` inclusive, per
+    row)."""
+    u = tl.load(u_base + pos[:, None] * s_u_l + c[None, :] * s_u_c, mask=mask2,
+                other=0.).to(tl.float32)
+    v, delta = _delta(dl_base, w_ptr, pos, mask_l, c, j, mask_d, g, d, s_dl_l, s_dl_c,
+                      bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ, HAS_BIAS, SOFTPLUS)
+    Bv = tl.load(B_base + pos * s_B_l, mask=mask_l, other=0.).to(tl.float32)
+    bx = delta * Bv[:, None] * u
+    a_cum, h_loc = tl.associative_scan((tl.exp(delta * A[None, :]), bx), 0, _combine)
+    return u, v, delta, Bv, bx, a_cum, h_loc
+
+
+@triton.jit
 def _pack(p, s):
     """Two fp32 vectors as one int64 each (``p`` in the low half, ``s`` in the high). A
     slot starts with all bits set; each half is ready once it is not all ones any more (a
@@ -294,30 +348,13 @@ def _scan_fwd_kernel(
     from the earlier segments' carries and write the outputs. ``LOOK_BACK``: segments of
     one chunk, whose entry state comes from the chunks before it in the same launch
     (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states)."""
-    pid = tl.program_id(0)          # batch * G + group
-    pid_d = tl.program_id(1)        # channel block inside the group
-    pid_s = tl.program_id(2)        # segment of the sequence
-    if LOOK_BACK:
-        pid, pid_d, pid_s = _chunk_ticket(lb_ptr, n_chunks, False)
-    b = (pid // G).to(tl.int64)
-    g = pid % G
-    direction = tl.load(dir_ptr + g)
-
+    pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, 0, G,
+                                                  LOOK_BACK, False)
     j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)        # channel inside the group
     mask_d = j < d
     c = g * d + j                                       # channel of the whole map
-    A = tl.load(A_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    else:
-        bias = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    else:
-        Dv = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    if HAS_NORM:
-        lnw = tl.load(lnw_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-        lnb = tl.load(lnb_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    A, bias, Dv, lnw, lnb = _channel_params(A_ptr, bias_ptr, D_ptr, lnw_ptr, lnb_ptr, c,
+                                            mask_d, BLOCK_D, HAS_BIAS, HAS_D, HAS_NORM)
 
     u_base = u_ptr + b * s_u_b
     dl_base = dl_ptr + b * s_dl_b
@@ -342,16 +379,10 @@ def _scan_fwd_kernel(
         pos = _token_index(seq, L, H, W, direction)
         mask2 = mask_l[:, None] & mask_d[None, :]
 
-        u = tl.load(u_base + pos[:, None] * s_u_l + c[None, :] * s_u_c, mask=mask2,
-                    other=0.).to(tl.float32)
-        v, delta = _delta(dl_base, w_ptr, pos, mask_l, c, j, mask_d, g, d, s_dl_l,
-                          s_dl_c, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ, HAS_BIAS,
-                          SOFTPLUS)
-        Bv = tl.load(B_base + pos * s_B_l, mask=mask_l, other=0.).to(tl.float32)
-
-        a = tl.exp(delta * A[None, :])
-        bx = delta * Bv[:, None] * u
-        a_cum, h_loc = tl.associative_scan((a, bx), 0, _combine)
+        u, v, delta, Bv, bx, a_cum, h_loc = _local_scan(
+            u_base, s_u_l, s_u_c, dl_base, s_dl_l, s_dl_c, B_base, s_B_l, w_ptr, pos,
+            mask_l, mask2, c, j, mask_d, g, d, A, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ,
+            HAS_BIAS, SOFTPLUS)
         if LOOK_BACK:
             h = _look_back(tl.sum(tl.where(last_row, a_cum, 0.), axis=0),
                            tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr, pid, k,
@@ -415,30 +446,13 @@ def _scan_bwd_kernel(
     position; otherwise start from the later segments' carries and write the gradients
     (parameter gradients as per-program partial sums). ``LOOK_BACK``: segments of one
     chunk, the carry from the chunks after it in the same launch (:func:`_look_back`)."""
-    pid = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    pid_s = tl.program_id(2) + seg_offset
-    if LOOK_BACK:
-        pid, pid_d, pid_s = _chunk_ticket(lb_ptr, n_chunks, True)
-    b = (pid // G).to(tl.int64)
-    g = pid % G
-    direction = tl.load(dir_ptr + g)
-
+    pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, seg_offset,
+                                                  G, LOOK_BACK, True)
     j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = j < d
     c = g * d + j
-    A = tl.load(A_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    else:
-        bias = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-    else:
-        Dv = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    if HAS_NORM:
-        lnw = tl.load(lnw_ptr + c, mask=mask_d, other=0.).to(tl.float32)
-        lnb = tl.load(lnb_ptr + c, mask=mask_d, other=0.).to(tl.float32)
+    A, bias, Dv, lnw, lnb = _channel_params(A_ptr, bias_ptr, D_ptr, lnw_ptr, lnb_ptr, c,
+                                            mask_d, BLOCK_D, HAS_BIAS, HAS_D, HAS_NORM)
 
     u_base = u_ptr + b * s_u_b
     dl_base = dl_ptr + b * s_dl_b
@@ -478,18 +492,13 @@ def _scan_bwd_kernel(
         mask2 = mask_l[:, None] & mask_d[None, :]
 
         # ---- recompute the chunk's forward from its entry state
-        u = tl.load(u_base + pos[:, None] * s_u_l + c[None, :] * s_u_c, mask=mask2,
-                    other=0.).to(tl.float32)
-        v, delta = _delta(dl_base, w_ptr, pos, mask_l, c, j, mask_d, g, d, s_dl_l,
-                          s_dl_c, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ, HAS_BIAS,
-                          SOFTPLUS)
-        Bv = tl.load(B_base + pos * s_B_l, mask=mask_l, other=0.).to(tl.float32)
+        u, v, delta, Bv, bx, a_cum, h_loc = _local_scan(
+            u_base, s_u_l, s_u_c, dl_base, s_dl_l, s_dl_c, B_base, s_B_l, w_ptr, pos,
+            mask_l, mask2, c, j, mask_d, g, d, A, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ,
+            HAS_BIAS, SOFTPLUS)
         Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
         h0 = tl.load(hs_ptr + (pid * n_chunks + k - 1) * d + j, mask=mask_d & (k > 0),
                      other=0.)
-        a = tl.exp(delta * A[None, :])
-        bx = delta * Bv[:, None] * u
-        a_cum, h_loc = tl.associative_scan((a, bx), 0, _combine)
         hh = h_loc + a_cum * h0[None, :]
 
         y = hh * Cv[:, None]
