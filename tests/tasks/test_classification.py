@@ -1,7 +1,6 @@
 """ImageNet configs (GroupMamba-T/S/B), one training step of each, evaluation of released
 weights with tools/test.py, and exact resumption with tools/train.py --resume."""
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -16,6 +15,7 @@ from mmengine.registry import DefaultScope
 
 import mmgroupmamba  # noqa: F401
 from conftest import MICRO_ARCH, REPO_ROOT
+from tools_import import load_tool
 from mmgroupmamba.datasets import SHAPE_CLASSES, generate_classification_set
 from mmgroupmamba.models.teachers import TimmRegNet
 from mmgroupmamba.utils import load_checkpoint_file
@@ -24,14 +24,6 @@ CONFIGS = {n: osp.join(REPO_ROOT, 'configs', 'groupmamba', f'groupmamba-{n}_8xb1
            for n in 'tsb'}
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'groupmamba-demo_distill_shapes.py')
 TINY_TEACHER = dict(w0=16, wa=8, wm=1.5, group_size=8, depth=3, se_ratio=0.25)
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'_tool_{name}', osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -194,7 +186,7 @@ def test_released_weights_evaluate_with_tools_test(reference, tmp_path):
     standard layout: full top-1/top-5, without the teacher (its file does not exist)."""
     from mmpretrain.apis import init_model
     from tools_import import official2mm
-    test_tool = _load_tool('test')
+    test_tool = load_tool('test.py')
 
     ckpt, out_cfg = str(tmp_path / 'gm.pth'), str(tmp_path / 'gm_cfg.py')
     arch = official2mm.convert(reference['checkpoint_path'], ckpt, out_cfg)
@@ -266,7 +258,7 @@ def test_resume_is_exact(augment, shapes, tmp_path):
     which MMEngine does not provide by itself: that variant adds our StepSeedHook
     (mmgroupmamba/engine), as the ImageNet configs do.
     """
-    train_tool = _load_tool('train')
+    train_tool = load_tool('train.py')
     teacher = write_teacher(tmp_path / 'teacher.pth', num_classes=8)
     cfg_file = tmp_path / 'demo.py'
     lines = [

@@ -317,14 +317,7 @@ def test_1x_train_and_test_iteration_at_reduced_scale(cfg_1x, model_1x, tiny_coc
 def test_demo_trains_and_tests_through_the_tools(tiny_coco, tmp_path):
     """tools/train.py (one epoch on 4 images) then tools/test.py on the saved checkpoint of
     the demo config, with mmdet's CocoMetric reporting bbox and segm mAP."""
-    import importlib.util
-
-    def load_tool(name):
-        spec = importlib.util.spec_from_file_location(
-            f'det_{name}', osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    from tools_import import load_tool
 
     cfg = Config.fromfile(CFG_DEMO)
     model = _build(cfg.model)
@@ -345,13 +338,13 @@ def test_demo_trains_and_tests_through_the_tools(tiny_coco, tmp_path):
     # A Runner makes its config's scope the process-wide default; the context restores the
     # previous one afterwards, so later tests (e.g. mmpretrain builds) are unaffected.
     with DefaultScope.overwrite_default_scope('mmdet'):
-        load_tool('train').main([CFG_DEMO, '--work-dir', work_dir, '--no-validate',
-                                 '--cfg-options', *options])
+        load_tool('train.py').main([CFG_DEMO, '--work-dir', work_dir, '--no-validate',
+                                    '--cfg-options', *options])
         ckpt = osp.join(work_dir, 'epoch_1.pth')
         assert osp.isfile(ckpt)
         # loadable under the loading policy (tools/test.py below loads it through it)
         assert unlisted_globals(ckpt) == []
-        metrics = load_tool('test').main([CFG_DEMO, ckpt, '--work-dir', work_dir,
-                                          '--cfg-options', *options])
+        metrics = load_tool('test.py').main([CFG_DEMO, ckpt, '--work-dir', work_dir,
+                                             '--cfg-options', *options])
     for key in ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP_50'):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)

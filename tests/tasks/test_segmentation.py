@@ -1,7 +1,6 @@
 """UperNet on GroupMamba (mmseg): the 160k ADE20K config, its optimizer rules, training and
 single-scale / multi-scale-flip testing through tools/train.py and tools/test.py at a reduced
 size, odd input sizes in whole-image inference, and the generated ADE20K-layout set."""
-import importlib.util
 import os
 import os.path as osp
 
@@ -17,18 +16,11 @@ from mmgroupmamba.datasets.synthetic_ade import (ADE_INDICES, SEG_CLASSES, SEG_P
                                                  generate_segmentation_set)
 from mmgroupmamba.utils import unlisted_globals
 from conftest import REPO_ROOT
+from tools_import import load_tool
 
 CFG_160K = osp.join(REPO_ROOT, 'configs', 'upernet_groupmamba_t_160k_ade20k.py')
 CFG_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'upernet_groupmamba_demo.py')
 PAPER_PARAMS = 49e6
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'seg_{name}', osp.join(REPO_ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _build_model(cfg_model):
@@ -218,7 +210,7 @@ def _reduced_160k_cfg(data_root, work_dir):
 def test_160k_train_and_test_iterations(tiny_ade, tmp_path):
     """tools/train.py for one iteration (then its validation), tools/test.py single-scale
     and with --tta (6 scales x 2 flips) on a 47x57-ish image, all with the full model."""
-    train_tool, test_tool = _load_tool('train'), _load_tool('test')
+    train_tool, test_tool = load_tool('train.py'), load_tool('test.py')
     cfg = _reduced_160k_cfg(tiny_ade, str(tmp_path / 'train'))
     cfg.visualizer.name = 'seg_test_train'
     cfg_path = str(tmp_path / 'reduced_160k.py')
