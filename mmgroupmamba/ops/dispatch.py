@@ -18,6 +18,14 @@ def triton_interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+def tensor_args(name, t, strides, axes, stride_name=None):
+    """A kernel's keyword arguments for tensor ``t``: ``{name}_ptr`` and its strides
+    ``s_{stride_name or name}_{axis}`` (``axes``: one letter per stride), as the strided
+    kernels (scan, depthwise conv) name them."""
+    stride_name = stride_name or name
+    return {f'{name}_ptr': t, **{f's_{stride_name}_{a}': st for a, st in zip(axes, strides)}}
+
+
 def fused_kernel_applies(x: torch.Tensor, fused: bool = True) -> bool:
     """Whether a fused kernel may take ``x``: the caller asks for it (``fused``), ``x``
     is on CUDA (or the interpreter runs kernels on CPU), and ``torch.jit`` is not

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import (call_fused, fused_kernel_applies, register_fused_op,
-                       triton_interpreting)
+                       tensor_args, triton_interpreting)
 
 ACTIVATIONS = {'none': 0, 'silu': 1, 'gelu': 2}
 
@@ -109,7 +109,7 @@ if triton is not None:
         return b, h0, w, c, mask_c, mask_out
 
     @triton.jit(do_not_specialize=['H', 'W'])
-    def _dw_fwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, y_ptr, H, W, C,
+    def _dw_fwd_kernel(x_ptr, s_x_b, s_x_h, s_x_w, s_x_c, w_ptr, b_ptr, y_ptr, H, W, C,
                        ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
                        ACT: tl.constexpr, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr,
                        PREFETCH: tl.constexpr):
@@ -126,19 +126,19 @@ if triton is not None:
         k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, FLIP)
         if HAS_BIAS:
             bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
-        x_base = x_ptr + b * s_xb
+        x_base = x_ptr + b * s_x_b
         y_base = y_ptr + b * H * W * C + w[:, None] * C + c[None, :]
         # acc_a: output row ih - 1 (rows ih - 2, ih - 1 in); acc_b: output row ih (ih - 1 in)
         acc_a = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         acc_b = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         if PREFETCH:
-            nl, nc, nr = _load_row(x_base, s_xh, s_xw, s_xc, h0 - 1, w, c, mask_c, H, W)
+            nl, nc, nr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0 - 1, w, c, mask_c, H, W)
         for ih in range(h0 - 1, h0 + ROWS + 1):
             if PREFETCH:
                 xl, xc, xr = nl, nc, nr
-                nl, nc, nr = _load_row(x_base, s_xh, s_xw, s_xc, ih + 1, w, c, mask_c, H, W)
+                nl, nc, nr = _load_row(x_base, s_x_h, s_x_w, s_x_c, ih + 1, w, c, mask_c, H, W)
             else:
-                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, ih, w, c, mask_c, H, W)
+                xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, ih, w, c, mask_c, H, W)
             oh = ih - 1
             if (oh >= h0) & (oh < H):
                 pre = acc_a + xl * k6 + xc * k7 + xr * k8
@@ -150,8 +150,8 @@ if triton is not None:
             acc_b = xl * k0 + xc * k1 + xr * k2
 
     @triton.jit(do_not_specialize=['H', 'W'])
-    def _dw_bwd_kernel(x_ptr, s_xb, s_xh, s_xw, s_xc, w_ptr, b_ptr, g_ptr, s_gb, s_gh,
-                       s_gw, s_gc, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
+    def _dw_bwd_kernel(x_ptr, s_x_b, s_x_h, s_x_w, s_x_c, w_ptr, b_ptr, g_ptr, s_g_b, s_g_h,
+                       s_g_w, s_g_c, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
                        BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SLIDE: tl.constexpr):
         """gp = dL/d(pre-activation) (the pre-activation recomputed) for output rows
@@ -165,8 +165,8 @@ if triton is not None:
         k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, False)
         if HAS_BIAS:
             bias = tl.load(b_ptr + c, mask=mask_c, other=0.)[None, :]
-        x_base = x_ptr + b * s_xb
-        g_base = g_ptr + b * s_gb + w[:, None] * s_gw + c[None, :] * s_gc
+        x_base = x_ptr + b * s_x_b
+        g_base = g_ptr + b * s_g_b + w[:, None] * s_g_w + c[None, :] * s_g_c
         gp_base = gp_ptr + b * H * W * C + w[:, None] * C + c[None, :]
         d0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         d1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
@@ -180,21 +180,21 @@ if triton is not None:
         db = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
         # one output row per iteration: rows oh - 1 (q), oh (p) and oh + 1 (x)
         if SLIDE:
-            ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, h0 - 1, w, c, mask_c, H, W)
-            pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, h0, w, c, mask_c, H, W)
+            ql, qc, qr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0 - 1, w, c, mask_c, H, W)
+            pl, pc, pr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0, w, c, mask_c, H, W)
         for oh in range(h0, h0 + ROWS):
             if SLIDE:
-                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
+                xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 1, w, c, mask_c, H, W)
             else:  # straight-line code, no tiles carried across iterations
-                ql, qc, qr = _load_row(x_base, s_xh, s_xw, s_xc, oh - 1, w, c, mask_c, H, W)
-                pl, pc, pr = _load_row(x_base, s_xh, s_xw, s_xc, oh, w, c, mask_c, H, W)
-                xl, xc, xr = _load_row(x_base, s_xh, s_xw, s_xc, oh + 1, w, c, mask_c, H, W)
+                ql, qc, qr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh - 1, w, c, mask_c, H, W)
+                pl, pc, pr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh, w, c, mask_c, H, W)
+                xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 1, w, c, mask_c, H, W)
             pre = (ql * k0 + qc * k1 + qr * k2 + pl * k3 + pc * k4 + pr * k5
                    + xl * k6 + xc * k7 + xr * k8)
             if HAS_BIAS:
                 pre += bias
             mask = mask_out & (oh < H)
-            g = tl.load(g_base + oh * s_gh, mask=mask, other=0.).to(tl.float32)
+            g = tl.load(g_base + oh * s_g_h, mask=mask, other=0.).to(tl.float32)
             gp = tl.where(mask, g * _act_grad(pre, ACT), 0.)
             tl.store(gp_base + oh * W * C, gp.to(gp_ptr.dtype.element_ty), mask=mask)
             db += gp
@@ -233,7 +233,7 @@ if triton is not None:
 # setting chosen at batch 128 on an H200: 2.13; cuDNN conv + activation 3.85), forward +
 # backward 9.78 (earlier 11.42; cuDNN 11.86).
 TUNING = dict(fwd_elements=1024, bwd_elements=512, fwd_block_w=8, bwd_block_w=16,
-              fwd_warps=4, bwd_warps=4, rows=16, bwd_rows=16, prefetch=True,
+              fwd_warps=4, bwd_warps=4, fwd_rows=16, bwd_rows=16, prefetch=True,
               bwd_slide=True)
 
 
@@ -253,7 +253,7 @@ def _launch(B, H, W, C, backward=False):
     block_w = min(TUNING[f'{pass_}_block_w'], triton.next_power_of_2(W))
     block_c = min(triton.next_power_of_2(C), max(16, elements // block_w))
     n_wb, n_cb = triton.cdiv(W, block_w), triton.cdiv(C, block_c)
-    rows = TUNING['bwd_rows' if backward else 'rows']
+    rows = TUNING[f'{pass_}_rows']
     while rows > 2 and B * triton.cdiv(H, rows) * n_wb * n_cb < 1024:
         rows //= 2
     grid = (B * triton.cdiv(H, rows), n_wb, n_cb)
@@ -266,19 +266,13 @@ def _launch(B, H, W, C, backward=False):
     return grid, meta
 
 
-def _map_args(name, t):
-    """``{name}_ptr`` and its strides ``s_{name}b``, ``s_{name}h``, ``s_{name}w``,
-    ``s_{name}c`` of a (B, H, W, C) map, as the kernels name them."""
-    return {f'{name}_ptr': t, **{f's_{name}{a}': st for a, st in zip('bhwc', t.stride())}}
-
-
 def _dwconv_forward(x, w9, bias, act):
     """The forward launch: ``x`` (B, H, W, C), ``w9`` (C, 9) and ``bias`` fp32, ``act``
     a code of :data:`ACTIVATIONS`."""
     B, H, W, C = x.shape
     y = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
     grid, meta = _launch(B, H, W, C)
-    _dw_fwd_kernel[grid](**_map_args('x', x), w_ptr=w9,
+    _dw_fwd_kernel[grid](**tensor_args('x', x, x.stride(), 'bhwc'), w_ptr=w9,
                          b_ptr=bias if bias is not None else w9, y_ptr=y, H=H, W=W, C=C,
                          ACT=act, HAS_BIAS=bias is not None, FLIP=False, **meta)
     return y
@@ -291,15 +285,16 @@ def _dwconv_backward(grad, x, w9, bias, act):
     gp = torch.empty(B, H, W, C, device=x.device, dtype=grad.dtype)
     grid, meta = _launch(B, H, W, C, backward=True)
     part = torch.empty(grid[0] * grid[1], 10, C, device=x.device, dtype=torch.float32)
-    _dw_bwd_kernel[grid](**_map_args('x', x), w_ptr=w9,
-                         b_ptr=bias if bias is not None else w9, **_map_args('g', grad),
-                         gp_ptr=gp, part_ptr=part, H=H, W=W, C=C, ACT=act,
-                         HAS_BIAS=bias is not None, **meta)
+    _dw_bwd_kernel[grid](**tensor_args('x', x, x.stride(), 'bhwc'), w_ptr=w9,
+                         b_ptr=bias if bias is not None else w9,
+                         **tensor_args('g', grad, grad.stride(), 'bhwc'), gp_ptr=gp,
+                         part_ptr=part, H=H, W=W, C=C, ACT=act, HAS_BIAS=bias is not None,
+                         **meta)
     # dx: the transposed convolution of gp (the kernel rotated by 180 degrees)
     dx = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype)
     grid, meta = _launch(B, H, W, C)
-    _dw_fwd_kernel[grid](**_map_args('x', gp), w_ptr=w9, b_ptr=w9, y_ptr=dx, H=H, W=W, C=C,
-                         ACT=0, HAS_BIAS=False, FLIP=True, **meta)
+    _dw_fwd_kernel[grid](**tensor_args('x', gp, gp.stride(), 'bhwc'), w_ptr=w9, b_ptr=w9,
+                         y_ptr=dx, H=H, W=W, C=C, ACT=0, HAS_BIAS=False, FLIP=True, **meta)
     part = part.sum(0)                                                 # (10, C)
     db = part[9] if bias is not None else x.new_empty(0, dtype=torch.float32)
     return dx, part[:9].t(), db

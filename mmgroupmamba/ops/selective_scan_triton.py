@@ -54,7 +54,7 @@ import triton.language as tl
 # Scan directions as the kernel knows them (``DIRECTION_CODES``, see ``_token_index``).
 from .directions import DIRECTION_CODES, SCAN_DIRECTIONS, direction_codes
 from .dispatch import (apply_function, call_fused, distinct, register_fused_op,
-                       triton_interpreting)
+                       tensor_args, triton_interpreting)
 
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
 
@@ -741,12 +741,6 @@ class _Operands:
                     **tensor_args('C', self.C, self.sC, 'blg'),
                     **tensor_args('z', t(self.z), self.sz, 'blc'),
                     lnw_ptr=t(self.lnw), lnb_ptr=t(self.lnb))
-
-
-def tensor_args(name, t, strides, axes, stride_name=None):
-    """``{name}_ptr`` and its strides ``s_{name}_{axis}``, as the kernels name them."""
-    stride_name = stride_name or name
-    return {f'{name}_ptr': t, **{f's_{stride_name}_{a}': st for a, st in zip(axes, strides)}}
 
 
 def _warps(block_l, block_d, per_thread):

@@ -515,7 +515,7 @@ def dwconv_sweep(args, device):
             (2048, 8, 4, 16, True), (1024, 8, 4, 16, True), (4096, 16, 8, 16, True),
             (2048, 32, 4, 32, True), (2048, 32, 4, 16, False)]:
         dwconv.set_tuning(fwd_elements=elements, fwd_block_w=block_w, fwd_warps=warps,
-                          rows=rows, prefetch=prefetch)
+                          fwd_rows=rows, prefetch=prefetch)
         print(f'  fused fwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
               f'{rows:>2} prefetch {prefetch:d}: forward {run(fused, False):7.2f} ms',
               flush=True)
