@@ -233,7 +233,7 @@ if triton is not None:
 # setting chosen at batch 128 on an H200: 2.13; cuDNN conv + activation 3.85), forward +
 # backward 9.78 (earlier 11.42; cuDNN 11.86).
 TUNING = dict(fwd_elements=1024, bwd_elements=512, fwd_block_w=8, bwd_block_w=16,
-              fwd_warps=4, bwd_warps=4, fwd_rows=16, bwd_rows=16, prefetch=True,
+              fwd_warps=4, bwd_warps=4, fwd_rows=16, bwd_rows=16, fwd_prefetch=True,
               bwd_slide=True)
 
 
@@ -260,9 +260,9 @@ def _launch(B, H, W, C, backward=False):
     warps = 1 if triton_interpreting() else TUNING[f'{pass_}_warps']
     meta = dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
     if backward:
-        meta['SLIDE'] = TUNING['bwd_slide']
+        meta['SLIDE'] = bool(TUNING['bwd_slide'])
     else:
-        meta['PREFETCH'] = TUNING['prefetch']
+        meta['PREFETCH'] = bool(TUNING['fwd_prefetch'])
     return grid, meta
 
 

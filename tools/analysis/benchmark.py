@@ -509,29 +509,28 @@ def dwconv_sweep(args, device):
     print(f'  cuDNN conv + activation: forward {run(cudnn, False):7.2f} ms, '
           f'forward+backward {run(cudnn, True):7.2f} ms per model step')
     saved = dict(dwconv.TUNING)
-    for elements, block_w, warps, rows, prefetch in [
-            (2048, 64, 4, 16, True), (2048, 64, 8, 16, True), (2048, 32, 4, 16, True),
-            (2048, 16, 4, 16, True), (4096, 32, 8, 16, True), (1024, 16, 4, 16, True),
-            (2048, 8, 4, 16, True), (1024, 8, 4, 16, True), (4096, 16, 8, 16, True),
-            (2048, 32, 4, 32, True), (2048, 32, 4, 16, False)]:
-        dwconv.set_tuning(fwd_elements=elements, fwd_block_w=block_w, fwd_warps=warps,
-                          fwd_rows=rows, prefetch=prefetch)
-        print(f'  fused fwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
-              f'{rows:>2} prefetch {prefetch:d}: forward {run(fused, False):7.2f} ms',
-              flush=True)
-    dwconv.TUNING.update(saved)
-    for elements, block_w, warps, rows, slide in [
-            (512, 64, 4, 16, False), (512, 64, 4, 16, True), (1024, 64, 8, 16, False),
-            (1024, 32, 4, 16, False), (1024, 32, 4, 16, True), (1024, 16, 4, 16, False),
-            (2048, 32, 8, 16, False), (2048, 32, 8, 16, True), (2048, 16, 8, 16, False),
-            (1024, 32, 4, 8, False), (1024, 32, 4, 32, True), (512, 16, 4, 16, True),
-            (1024, 8, 4, 16, False), (1024, 8, 4, 16, True), (2048, 8, 8, 16, True)]:
-        dwconv.set_tuning(bwd_elements=elements, bwd_block_w=block_w, bwd_warps=warps,
-                          bwd_rows=rows, bwd_slide=slide)
-        print(f'  fused bwd elements {elements:>5} columns {block_w:>2} warps {warps} rows '
-              f'{rows:>2} slide {slide:d}: forward+backward {run(fused, True):7.2f} ms',
-              flush=True)
-    dwconv.TUNING.update(saved)
+    # (elements, columns, warps, rows, prefetch / slide) per pass
+    grids = dict(fwd=[(2048, 64, 4, 16, 1), (2048, 64, 8, 16, 1), (2048, 32, 4, 16, 1),
+                      (2048, 16, 4, 16, 1), (4096, 32, 8, 16, 1), (1024, 16, 4, 16, 1),
+                      (2048, 8, 4, 16, 1), (1024, 8, 4, 16, 1), (4096, 16, 8, 16, 1),
+                      (2048, 32, 4, 32, 1), (2048, 32, 4, 16, 0)],
+                 bwd=[(512, 64, 4, 16, 0), (512, 64, 4, 16, 1), (1024, 64, 8, 16, 0),
+                      (1024, 32, 4, 16, 0), (1024, 32, 4, 16, 1), (1024, 16, 4, 16, 0),
+                      (2048, 32, 8, 16, 0), (2048, 32, 8, 16, 1), (2048, 16, 8, 16, 0),
+                      (1024, 32, 4, 8, 0), (1024, 32, 4, 32, 1), (512, 16, 4, 16, 1),
+                      (1024, 8, 4, 16, 0), (1024, 8, 4, 16, 1), (2048, 8, 8, 16, 1)])
+    for pass_, grid in grids.items():
+        backward = pass_ == 'bwd'
+        flag = 'slide' if backward else 'prefetch'
+        for setting in grid:
+            dwconv.set_tuning(**{f'{pass_}_{key}': value for key, value in zip(
+                ('elements', 'block_w', 'warps', 'rows', flag), setting)})
+            elements, block_w, warps, rows, on = setting
+            print(f'  fused {pass_} elements {elements:>5} columns {block_w:>2} warps {warps} '
+                  f'rows {rows:>2} {flag} {on:d}: '
+                  f'{"forward+backward" if backward else "forward"} '
+                  f'{run(fused, backward):7.2f} ms', flush=True)
+        dwconv.TUNING.update(saved)
     return []
 
 
