@@ -149,13 +149,13 @@ LONG_SHAPES = [(1, 200, 336, 87), (2, 200, 336, 87), (1, 400, 500, 87), (2, 400,
 
 
 @pytest.fixture(params=[0, 1], ids=['carry-pass', 'look-back'])
-def look_back(request):
+def look_back(request, _restore_tuning):
     """Long sequences scanned in one pass with a look-back (the default) and with a
-    carry pass (``TUNING``'s ``fwd_look_back`` / ``bwd_look_back``)."""
+    carry pass (``TUNING``'s ``fwd_look_back`` / ``bwd_look_back``; ``_restore_tuning``
+    puts the default back)."""
     from mmgroupmamba.ops.selective_scan_triton import set_tuning
-    old = set_tuning(fwd_look_back=request.param, bwd_look_back=request.param)
-    yield request.param
-    set_tuning(**old)
+    set_tuning(fwd_look_back=request.param, bwd_look_back=request.param)
+    return request.param
 
 
 def _long_inputs(batch, H, W, dtype, d=87, seed=0):
