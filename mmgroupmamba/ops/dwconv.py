@@ -153,13 +153,15 @@ if triton is not None:
     def _dw_bwd_kernel(x_ptr, s_x_b, s_x_h, s_x_w, s_x_c, w_ptr, b_ptr, g_ptr, s_g_b, s_g_h,
                        s_g_w, s_g_c, gp_ptr, part_ptr, H, W, C, ROWS: tl.constexpr,
                        BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, ACT: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SLIDE: tl.constexpr):
+                       HAS_BIAS: tl.constexpr, SLIDE: tl.constexpr, PREFETCH: tl.constexpr):
         """gp = dL/d(pre-activation) (the pre-activation recomputed) for output rows
         [h0, h0 + ROWS), and this program's partial sums of dW (9 taps) and db,
         accumulated elementwise and reduced over the columns once at the end.
-        ``SLIDE``: the input rows slide through registers (one row loaded per output row,
-        the next one issued before this row's arithmetic) instead of three rows loaded
-        per output row from L1/L2.
+        ``SLIDE``: the input rows slide through registers (one new row loaded per output
+        row) instead of three rows loaded per output row from L1/L2. ``PREFETCH`` (with
+        ``SLIDE``): the next iteration's input row and gradient row are issued before
+        this row's arithmetic, so two rows of loads are in flight per program (few
+        programs fit an SM next to ten accumulator tiles, and each waits on its loads).
         """
         b, h0, w, c, mask_c, mask_out = _program_tile(H, W, C, ROWS, BLOCK_W, BLOCK_C)
         k0, k1, k2, k3, k4, k5, k6, k7, k8 = _taps(w_ptr, c, mask_c, False)
@@ -182,19 +184,31 @@ if triton is not None:
         if SLIDE:
             ql, qc, qr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0 - 1, w, c, mask_c, H, W)
             pl, pc, pr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0, w, c, mask_c, H, W)
+            if PREFETCH:
+                nl, nc, nr = _load_row(x_base, s_x_h, s_x_w, s_x_c, h0 + 1, w, c, mask_c, H, W)
+                ng = tl.load(g_base + h0 * s_g_h, mask=mask_out & (h0 < H), other=0.)
         for oh in range(h0, h0 + ROWS):
+            mask = mask_out & (oh < H)
             if SLIDE:
-                xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 1, w, c, mask_c, H, W)
+                if PREFETCH:
+                    xl, xc, xr, g = nl, nc, nr, ng.to(tl.float32)
+                    nl, nc, nr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 2, w, c, mask_c,
+                                           H, W)
+                    ng = tl.load(g_base + (oh + 1) * s_g_h, mask=mask_out & (oh + 1 < H),
+                                 other=0.)
+                else:
+                    xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 1, w, c, mask_c,
+                                           H, W)
+                    g = tl.load(g_base + oh * s_g_h, mask=mask, other=0.).to(tl.float32)
             else:  # straight-line code, no tiles carried across iterations
                 ql, qc, qr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh - 1, w, c, mask_c, H, W)
                 pl, pc, pr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh, w, c, mask_c, H, W)
                 xl, xc, xr = _load_row(x_base, s_x_h, s_x_w, s_x_c, oh + 1, w, c, mask_c, H, W)
+                g = tl.load(g_base + oh * s_g_h, mask=mask, other=0.).to(tl.float32)
             pre = (ql * k0 + qc * k1 + qr * k2 + pl * k3 + pc * k4 + pr * k5
                    + xl * k6 + xc * k7 + xr * k8)
             if HAS_BIAS:
                 pre += bias
-            mask = mask_out & (oh < H)
-            g = tl.load(g_base + oh * s_g_h, mask=mask, other=0.).to(tl.float32)
             gp = tl.where(mask, g * _act_grad(pre, ACT), 0.)
             tl.store(gp_base + oh * W * C, gp.to(gp_ptr.dtype.element_ty), mask=mask)
             db += gp
@@ -228,13 +242,17 @@ if triton is not None:
 # elements per tile (forward / backward), columns per tile (the rest of the tile is
 # channels: narrow tiles read long runs of channels), warps per program, output rows per
 # program, prefetching the next input row in the forward, sliding the input rows through
-# registers in the backward. Chosen on an H100 at GroupMamba-T's 2 x 800x1344 shapes,
-# bf16, ms per model step: forward 1.66 (2048-element tiles 64 columns wide, the earlier
-# setting chosen at batch 128 on an H200: 2.13; cuDNN conv + activation 3.85), forward +
-# backward 9.78 (earlier 11.42; cuDNN 11.86).
-TUNING = dict(fwd_elements=1024, bwd_elements=512, fwd_block_w=8, bwd_block_w=16,
-              fwd_warps=4, bwd_warps=4, fwd_rows=16, bwd_rows=16, fwd_prefetch=True,
-              bwd_slide=True)
+# registers in the backward, and prefetching the next rows there too. Chosen on an H100 at
+# GroupMamba-T's 2 x 800x1344 shapes, bf16, ms per model step: forward 1.66 (2048-element
+# tiles 64 columns wide, the earlier setting chosen at batch 128 on an H200: 2.13; cuDNN
+# conv + activation 3.85); forward + backward 8.08 with 256-element backward tiles, 8
+# columns, 2 warps, prefetching (512 elements, 16 columns, 4 warps: 8.85 without the
+# prefetch, 8.41 with it; cuDNN 11.81). The backward is latency-bound: ten accumulator
+# tiles leave room for few programs per SM, so smaller programs with two rows of loads
+# in flight win.
+TUNING = dict(fwd_elements=1024, bwd_elements=256, fwd_block_w=8, bwd_block_w=8,
+              fwd_warps=4, bwd_warps=2, fwd_rows=16, bwd_rows=16, fwd_prefetch=True,
+              bwd_slide=True, bwd_prefetch=True)
 
 
 def set_tuning(**kwargs):
@@ -261,6 +279,7 @@ def _launch(B, H, W, C, backward=False):
     meta = dict(ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=warps)
     if backward:
         meta['SLIDE'] = bool(TUNING['bwd_slide'])
+        meta['PREFETCH'] = meta['SLIDE'] and bool(TUNING['bwd_prefetch'])
     else:
         meta['PREFETCH'] = bool(TUNING['fwd_prefetch'])
     return grid, meta

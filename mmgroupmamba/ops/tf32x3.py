@@ -12,6 +12,7 @@ inference only; training keeps cuBLAS, and ``fused=False`` turns it off).
 import torch
 import torch.nn.functional as F
 
+from . import column_sums
 from .dispatch import fused_kernel_applies, triton_interpreting
 
 try:
@@ -117,8 +118,14 @@ def tf32x3_applies(x: torch.Tensor, weight: torch.Tensor, fused: bool = True) ->
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias=None,
            fused: bool = True) -> torch.Tensor:
-    """``F.linear``, as :func:`linear_tf32x3` where :func:`tf32x3_applies` (``fused=False``:
-    never)."""
+    """``F.linear`` (autocast as for ``F.linear``): as :func:`linear_tf32x3` where
+    :func:`tf32x3_applies`; with a bias and autograd recording on CUDA, as
+    :func:`mmgroupmamba.ops.column_sums.linear` (its bias gradient a GEMV). ``fused=False``,
+    ``torch.compile`` and ``torch.jit`` tracing: always ``F.linear``."""
     if tf32x3_applies(x, weight, fused):
         return linear_tf32x3(x, weight, bias)
+    if (bias is not None and fused and x.is_cuda and torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad or bias.requires_grad)
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+        return column_sums.linear(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.usefixtures('_no_tf32', '_restore_tuning')
 @pytest.mark.parametrize('shape,act', [((2, 56, 56, 64), 'silu'), ((3, 13, 17, 348), 'silu'),
                                        ((2, 1, 1, 448), 'silu'), ((2, 28, 28, 512), 'gelu'),
                                        ((1, 7, 7, 1792), 'gelu')])
-@pytest.mark.parametrize('slide', [False, True], ids=['bwd-reload', 'bwd-slide'])
-def test_fused_dwconv_matches_pytorch(shape, act, slide):
+@pytest.mark.parametrize('slide,prefetch', [(False, False), (True, False), (True, True)],
+                         ids=['bwd-reload', 'bwd-slide', 'bwd-prefetch'])
+def test_fused_dwconv_matches_pytorch(shape, act, slide, prefetch):
     from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
-    set_tuning(bwd_slide=slide)
+    set_tuning(bwd_slide=slide, bwd_prefetch=prefetch)
     torch.manual_seed(0)
     C = shape[-1]
     x = torch.randn(*shape, device='cuda', requires_grad=True)
@@ -50,9 +51,11 @@ _INTERPRET_SCRIPT = '''
     import torch
     torch.manual_seed(0)
     from mmgroupmamba.ops.dwconv import _torch_impl, depthwise_conv3x3_act, set_tuning
-    for shape, act, slide in [((2, 5, 7, 20), 'silu', False), ((1, 3, 2, 70), 'gelu', False),
-                              ((2, 19, 7, 20), 'gelu', True), ((1, 5, 3, 70), 'silu', True)]:
-        set_tuning(bwd_slide=slide, bwd_rows=4)
+    for shape, act, slide, prefetch in [
+            ((2, 5, 7, 20), 'silu', False, False), ((1, 3, 2, 70), 'gelu', False, False),
+            ((2, 19, 7, 20), 'gelu', True, False), ((1, 5, 3, 70), 'silu', True, False),
+            ((2, 9, 7, 20), 'gelu', True, True), ((1, 6, 3, 70), 'silu', True, True)]:
+        set_tuning(bwd_slide=slide, bwd_prefetch=prefetch, bwd_rows=4)
         x = torch.randn(*shape, requires_grad=True)
         w = torch.randn(shape[-1], 1, 3, 3, requires_grad=True)
         b = torch.randn(shape[-1], requires_grad=True)

@@ -60,9 +60,11 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                        (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
                                                      BLOCK_C=32, PREFETCH=False)),
                        (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=16,
-                                                     SLIDE=False)),
+                                                     SLIDE=False, PREFETCH=False)),
                        (dwconv._dw_bwd_kernel, dict(ACT=2, HAS_BIAS=True, BLOCK_C=32,
-                                                     SLIDE=True))):
+                                                     SLIDE=True, PREFETCH=False)),
+                       (dwconv._dw_bwd_kernel, dict(ACT=1, HAS_BIAS=True, BLOCK_C=32,
+                                                     SLIDE=True, PREFETCH=True))):
         compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
     from mmgroupmamba.ops import fused_layer_norm as ln
     for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):

@@ -509,26 +509,25 @@ def dwconv_sweep(args, device):
     print(f'  cuDNN conv + activation: forward {run(cudnn, False):7.2f} ms, '
           f'forward+backward {run(cudnn, True):7.2f} ms per model step')
     saved = dict(dwconv.TUNING)
-    # (elements, columns, warps, rows, prefetch / slide) per pass
-    grids = dict(fwd=[(2048, 64, 4, 16, 1), (2048, 64, 8, 16, 1), (2048, 32, 4, 16, 1),
-                      (2048, 16, 4, 16, 1), (4096, 32, 8, 16, 1), (1024, 16, 4, 16, 1),
-                      (2048, 8, 4, 16, 1), (1024, 8, 4, 16, 1), (4096, 16, 8, 16, 1),
-                      (2048, 32, 4, 32, 1), (2048, 32, 4, 16, 0)],
-                 bwd=[(512, 64, 4, 16, 0), (512, 64, 4, 16, 1), (1024, 64, 8, 16, 0),
-                      (1024, 32, 4, 16, 0), (1024, 32, 4, 16, 1), (1024, 16, 4, 16, 0),
-                      (2048, 32, 8, 16, 0), (2048, 32, 8, 16, 1), (2048, 16, 8, 16, 0),
-                      (1024, 32, 4, 8, 0), (1024, 32, 4, 32, 1), (512, 16, 4, 16, 1),
-                      (1024, 8, 4, 16, 0), (1024, 8, 4, 16, 1), (2048, 8, 8, 16, 1)])
+    # per pass: the tuning keys a setting names, then the settings
+    keys = dict(fwd=('elements', 'block_w', 'warps', 'rows', 'prefetch'),
+                bwd=('elements', 'block_w', 'warps', 'rows', 'slide', 'prefetch'))
+    grids = dict(fwd=[(2048, 64, 4, 16, 1), (2048, 32, 4, 16, 1), (2048, 16, 4, 16, 1),
+                      (1024, 16, 4, 16, 1), (2048, 8, 4, 16, 1), (1024, 8, 4, 16, 1),
+                      (1024, 8, 2, 16, 1), (512, 8, 2, 16, 1), (2048, 8, 8, 16, 1),
+                      (1024, 8, 4, 32, 1), (2048, 32, 4, 16, 0)],
+                 bwd=[(512, 64, 4, 16, 0, 0), (1024, 32, 4, 16, 0, 0), (1024, 16, 4, 16, 0, 0),
+                      (512, 16, 4, 16, 1, 0), (512, 16, 4, 16, 1, 1), (256, 8, 2, 16, 1, 1),
+                      (512, 8, 4, 16, 1, 1), (1024, 16, 4, 16, 1, 1), (1024, 32, 4, 16, 1, 1),
+                      (1024, 16, 8, 16, 1, 1), (256, 16, 2, 16, 1, 1), (512, 16, 4, 32, 1, 1),
+                      (2048, 16, 8, 16, 1, 1)])
     for pass_, grid in grids.items():
         backward = pass_ == 'bwd'
-        flag = 'slide' if backward else 'prefetch'
         for setting in grid:
-            dwconv.set_tuning(**{f'{pass_}_{key}': value for key, value in zip(
-                ('elements', 'block_w', 'warps', 'rows', flag), setting)})
-            elements, block_w, warps, rows, on = setting
-            print(f'  fused {pass_} elements {elements:>5} columns {block_w:>2} warps {warps} '
-                  f'rows {rows:>2} {flag} {on:d}: '
-                  f'{"forward+backward" if backward else "forward"} '
+            named = dict(zip(keys[pass_], setting))
+            dwconv.set_tuning(**{f'{pass_}_{key}': value for key, value in named.items()})
+            print(f'  fused {pass_} ' + ' '.join(f'{k} {v:>4}' for k, v in named.items())
+                  + f': {"forward+backward" if backward else "forward"} '
                   f'{run(fused, backward):7.2f} ms', flush=True)
         dwconv.TUNING.update(saved)
     return []

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from mmgroupmamba.execution import LINEAR_MODES, ExecutionPolicy, share_execution
-from mmgroupmamba.ops import depthwise_conv3x3_act, grouped_selective_scan, linear
+from mmgroupmamba.ops import (depthwise_conv3x3_act, grouped_selective_scan, linear,
+                              token_mean)
 from mmgroupmamba.ops.directions import SCAN_DIRECTIONS
 from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype
 from .grouped_params import pack_group_params, source_params
@@ -34,11 +35,12 @@ from .norm import LayerNorm
 from .vsss import VSSS
 
 
-
 class ChannelAffinity(nn.Module):
     """Channel Affinity Modulation weights: sigmoid(fc2(relu(fc1(mean over tokens)))).
 
-    Input (B, H, W, C); output (B, C) in (0, 1).
+    Input (B, H, W, C); output (B, C) in (0, 1). The mean over tokens is
+    :func:`~mmgroupmamba.ops.token_mean` (a GEMV in half precision unless the
+    execution policy, ``self.execution``, turns the fused kernels off).
     """
 
     def __init__(self, dim: int, reduction: int = 16):
@@ -47,9 +49,11 @@ class ChannelAffinity(nn.Module):
         self.fc1 = Linear(dim, hidden)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = Linear(hidden, dim)
+        self.execution = share_execution(self, ExecutionPolicy())
 
     def forward(self, x):
-        return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean(dim=(1, 2))))))
+        mean = token_mean(x, fused=self.execution.fused_kernels)
+        return torch.sigmoid(self.fc2(self.act(self.fc1(mean))))
 
 
 # ------------------------------------------------------------------- grouped linears

@@ -9,8 +9,9 @@ from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) with two inference shortcuts,
-    taken only when no autograd graph is recorded (training is unchanged):
+    """``nn.Linear`` (same parameters and state-dict keys) through
+    :func:`mmgroupmamba.ops.linear` (in training on CUDA: the bias gradient as a GEMV),
+    with two inference shortcuts, taken only when no autograd graph is recorded:
 
     * under autocast, the weight and bias come from an :class:`InferenceCache`
       instead of being cast again on every call;
@@ -28,7 +29,7 @@ class Linear(nn.Linear):
         if dtype is None:
             return linear(x, self.weight, self.bias, fused=self.execution.fused_kernels)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return F.linear(x, self.weight, self.bias)
+            return linear(x, self.weight, self.bias, fused=self.execution.fused_kernels)
         cache = self.__dict__.get('_cast_cache')
         if cache is None:
             cache = self.__dict__['_cast_cache'] = InferenceCache()
