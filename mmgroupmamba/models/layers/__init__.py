@@ -2,6 +2,7 @@ from mmgroupmamba.ops.directions import (SCAN_DIRECTIONS, flatten_in_direction,
                                          unflatten_from_direction)
 from .block import ClassBlock, GroupMambaBlock
 from .downsample import Downsample
+from .drop_path import ResidualDropPath
 from .ffn import ConvFFN, Mlp
 from .linear import Linear
 from .norm import LayerNorm
@@ -11,4 +12,5 @@ from .vsss import VSSS
 
 __all__ = ['ConvStem', 'Downsample', 'VSSS', 'SCAN_DIRECTIONS', 'flatten_in_direction',
            'unflatten_from_direction', 'ChannelAffinity', 'ModulatedGroupMamba',
-           'ConvFFN', 'Mlp', 'Linear', 'LayerNorm', 'GroupMambaBlock', 'ClassBlock']
+           'ConvFFN', 'Mlp', 'Linear', 'LayerNorm', 'ResidualDropPath', 'GroupMambaBlock',
+           'ClassBlock']

@@ -3,17 +3,18 @@ from typing import Optional
 
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
 
 from mmgroupmamba.execution import ExecutionPolicy, share_execution
 
+from .drop_path import ResidualDropPath
 from .ffn import ConvFFN, Mlp
 from .group_mamba_layer import ModulatedGroupMamba
 from .norm import LayerNorm
 
 
 class GroupMambaBlock(nn.Module):
-    """``x + DropPath(MGM(x))`` then ``x + DropPath(ConvFFN(LN(x)))``.
+    """``x + DropPath(MGM(x))`` then ``x + DropPath(ConvFFN(LN(x)))`` (each residual add
+    with its drop path one :class:`ResidualDropPath`).
 
     There is no norm in front of the mixer: it normalises its input itself.
     Channels-last maps (B, H, W, C) in and out. ``execution``
@@ -27,12 +28,12 @@ class GroupMambaBlock(nn.Module):
         self.mixer = ModulatedGroupMamba(dim, d_state=d_state)
         self.norm = LayerNorm(dim, eps=1e-6, amp_output=True)  # feeds the FFN's fc1
         self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = ResidualDropPath(drop_path)
         self.execution = share_execution(self, execution or ExecutionPolicy())
 
     def _forward(self, x):
-        x = x + self.drop_path(self.mixer(x))
-        return x + self.drop_path(self.ffn(self.norm(x)))
+        x = self.drop_path(x, self.mixer(x))
+        return self.drop_path(x, self.ffn(self.norm(x)))
 
     def forward(self, x):
         if self.execution.with_cp and x.requires_grad:
