@@ -34,7 +34,10 @@ def test_plain_add_outside_training_and_without_drop():
 def test_mixed_precision_branch_adds_in_the_trunk_dtype():
     x = torch.randn(4, 2, 2, 8)
     y = torch.randn(4, 2, 2, 8).bfloat16()
-    out = ResidualDropPath(0.2).train()(x, y)
-    assert out.dtype == torch.float32
+    layer = ResidualDropPath(0.2).train()
+    assert layer(x, y).dtype == torch.float32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert layer(x, y).dtype == torch.float32
+    assert layer(x.bfloat16(), y).dtype == torch.bfloat16
     block = GroupMambaBlock(16, 2., drop_path=0.1)
     assert block.drop_path.drop_prob == 0.1
