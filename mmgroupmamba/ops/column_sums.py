@@ -5,9 +5,10 @@ value per channel: the bias gradient of every linear (``grad.sum(0)`` over all t
 the FFN's ``fc1`` reads its eight-times-wider output gradient) and the channel-affinity
 mean of every mixer (``x.mean((1, 2))``). PyTorch runs both as column reductions, which
 reach about a third of the memory bandwidth at detection shapes; a GEMV against a vector
-of ones (cuBLAS, fp32 accumulation) reads the map at close to the bandwidth. H100, bf16,
-2 x 800x1344, per training step of GroupMamba-T: bias gradients 1.76 -> 0.97 ms, the
-first stage's channel means 66 -> 15 us each.
+of ones (cuBLAS, fp32 accumulation) reads the map faster. H100, bf16, 2 x 800x1344, per
+training step of GroupMamba-T: bias gradients 1.76 -> 0.97 ms. The first stage's channel
+mean took 66 us with ``x.mean`` and 15 us as a one-pass Triton column sum (a prototype,
+not kept); its batched-GEMV form here was not timed on its own.
 
 * :func:`column_sum` -- ``x.sum(0)`` of a 2-D tensor, as ``x.T @ ones``;
 * :func:`linear` -- ``F.linear`` whose backward takes the bias gradient that way;

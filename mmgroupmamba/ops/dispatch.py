@@ -46,13 +46,19 @@ class _NoGraphCtx:
         pass
 
 
+def records_grad(*args) -> bool:
+    """Whether autograd records an op on ``args``: grad mode is on and a tensor among
+    them requires grad (non-tensors and None are skipped)."""
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
+                                           for a in args)
+
+
 def apply_function(fn, *args):
     """``fn.apply(*args)`` for an autograd Function of a fused kernel; when no autograd
     graph is recorded (inference, or no input requires grad) its forward is called
     directly. ``Function.apply``'s bookkeeping costs more host time than launching the
     kernel, and inference on small maps is bound by host time."""
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
-                                       for a in args):
+    if records_grad(*args):
         return fn.apply(*args)
     return fn.forward(_NoGraphCtx(len(args)), *args)
 

@@ -53,8 +53,8 @@ import triton.language as tl
 
 # Scan directions as the kernel knows them (``DIRECTION_CODES``, see ``_token_index``).
 from .directions import DIRECTION_CODES, SCAN_DIRECTIONS, direction_codes
-from .dispatch import (apply_function, call_fused, distinct, register_fused_op,
-                       tensor_args, triton_interpreting)
+from .dispatch import (apply_function, call_fused, distinct, records_grad,
+                       register_fused_op, tensor_args, triton_interpreting)
 
 __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_CODES']
 
@@ -1101,9 +1101,7 @@ grouped_scan_op = register_fused_op(
 def _compiled_grouped_scan(*args):
     """The operator as :func:`call_fused` calls it under torch.compile: states are kept
     for the backward when autograd records."""
-    save = torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-    return grouped_scan_op(*args, save)[0]
+    return grouped_scan_op(*args, records_grad(*args))[0]
 
 
 def grouped_selective_scan_triton(u, xdbl, z, dt_weight, dt_bias, A, D=None,

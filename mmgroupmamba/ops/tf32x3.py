@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import column_sums
-from .dispatch import fused_kernel_applies, triton_interpreting
+from .dispatch import fused_kernel_applies, records_grad, triton_interpreting
 
 try:
     import triton
@@ -124,8 +124,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias=None,
     ``torch.compile`` and ``torch.jit`` tracing: always ``F.linear``."""
     if tf32x3_applies(x, weight, fused):
         return linear_tf32x3(x, weight, bias)
-    if (bias is not None and fused and x.is_cuda and torch.is_grad_enabled()
-            and (x.requires_grad or weight.requires_grad or bias.requires_grad)
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+    if (bias is not None and fused_kernel_applies(x, fused) and x.is_cuda
+            and records_grad(x, weight, bias) and not torch.compiler.is_compiling()):
         return column_sums.linear(x, weight, bias)
     return F.linear(x, weight, bias)

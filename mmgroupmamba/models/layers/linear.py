@@ -26,9 +26,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         dtype = autocast_dtype(x.device.type)
-        if dtype is None:
-            return linear(x, self.weight, self.bias, fused=self.execution.fused_kernels)
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if dtype is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return linear(x, self.weight, self.bias, fused=self.execution.fused_kernels)
         cache = self.__dict__.get('_cast_cache')
         if cache is None:
