@@ -262,6 +262,68 @@ def test_generic_triton_rejects_state_size_above_one():
 
 
 # ------------------------------------------------------------------ Triton interpreter
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from mmgroupmamba.ops.selective_scan_triton import _look_back
+
+    @triton.jit
+    def _look_back_probe(p_ptr, s_ptr, lb_ptr, out_ptr, k, n_chunks, d,
+                         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+                         REVERSE: tl.constexpr):
+        # one sequence (grid (1,)): chunk ``k``'s carry from the slots already in lb_ptr
+        j = tl.arange(0, BLOCK_D)
+        mask_d = j < d
+        p = tl.load(p_ptr + j, mask=mask_d, other=1.)
+        s = tl.load(s_ptr + j, mask=mask_d, other=0.)
+        carry = _look_back(p, s, lb_ptr, 0, k, n_chunks, d, j, mask_d, BLOCK_L, BLOCK_D,
+                           REVERSE)
+        tl.store(out_ptr + j, carry, mask=mask_d)
+
+
+def _packed(p, s):
+    """Slots as :func:`_pack` writes them (p in the low half, s in the high)."""
+    import numpy as np
+    pair = np.stack([p.numpy(), s.numpy()], -1).astype(np.float32)
+    return torch.from_numpy(pair.view(np.int64)[..., 0].copy())
+
+
+def _check_look_back():
+    """The look-back against a walk written in Python: chunks whose slots
+    hold only their aggregate, an inclusive result with some channels still missing
+    (counts as an aggregate), unwritten chunks past the first full inclusive result
+    (never read), in both directions."""
+    n_chunks, d = 11, 3
+    g = torch.Generator().manual_seed(0)
+    agg_p, agg_s = torch.rand(n_chunks, d, generator=g), torch.randn(n_chunks, d, generator=g)
+    inc_s = torch.randn(n_chunks, d, generator=g)
+    for reverse, k, full, partial, unwritten in ((False, 9, 2, 5, (0, 1)),
+                                                 (True, 0, 8, 3, (9, 10))):
+        agg, inc = _packed(agg_p, agg_s), _packed(agg_p, inc_s)
+        inc[:] = -1
+        inc[full] = _packed(agg_p, inc_s)[full]
+        inc[partial, :2] = _packed(agg_p, inc_s)[partial, :2]
+        for c in unwritten:
+            agg[c] = -1
+        lb = torch.cat([torch.tensor([-1]), agg.flatten(), inc.flatten()])
+        p_own, s_own = torch.rand(d, generator=g), torch.randn(d, generator=g)
+        out = torch.empty(d)
+        _look_back_probe[(1, )](p_own, s_own, lb, out, k, n_chunks, d, BLOCK_L=4,
+                                BLOCK_D=4, REVERSE=reverse)
+        acc_p, acc_s = torch.ones(d), torch.zeros(d)
+        for idx in (range(k + 1, full + 1) if reverse else range(k - 1, full - 1, -1)):
+            if idx == full:
+                acc_s = acc_s + acc_p * inc_s[idx]
+                break
+            acc_s, acc_p = acc_s + acc_p * agg_s[idx], acc_p * agg_p[idx]
+        torch.testing.assert_close(out, acc_s)
+        # the chunk's own aggregate and inclusive result are published
+        slots = lb[1:].view(2, n_chunks, d)
+        assert torch.equal(slots[0, k], _packed(p_own, s_own))
+        assert torch.equal(slots[1, k], _packed(p_own, s_own + p_own * acc_s))
+
+
 _INTERPRET_SCRIPT = '''
     import torch
     # fixed output gradients: grad A sums thousands of terms in another order than the
@@ -306,6 +368,8 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
+    from test_selective_scan_triton import _check_look_back
+    _check_look_back()
     print('interpreter ok')
 '''
 
