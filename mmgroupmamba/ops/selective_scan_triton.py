@@ -74,15 +74,22 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # backward read a slot from one thread's copy of a vector and used another's; with
 # ``_read_slot`` taking one copy for all threads it passes the long-sequence GPU tests,
 # fp32 and bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays
-# one segment.
+# one segment. Groups of at most ``narrow_d`` channels (stages 1-2) take backward chunks
+# of ``bwd_narrow_tile`` elements at the same warps: per layer, H100, bwd ms, 1024 | 2048
+# elements: 2 x 800x1344 stage 1 0.598 | 0.517, stage 2 0.307 | 0.280; 16 x 512x512
+# 0.915 | 0.841, 0.494 | 0.411 (the training forward, which shares the chunk: 0.213 |
+# 0.190, 0.094 | 0.090; 0.249 | 0.294, 0.142 | 0.144); the 87-channel groups of stage 3
+# are slower with it (0.378 | 0.428, 0.700 | 0.857).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
+              narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``, ``split_below_per_sm``, ``programs_per_sm``, ``fwd_look_back``,
-    ``bwd_look_back``); returns the previous values."""
+    ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
+    ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``); returns the previous
+    values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -624,8 +631,17 @@ def _block_l(block_d: int, training: bool, override=None):
     symbolic length under torch.compile adds no guard and no recompilation."""
     if override:
         return int(override)
-    tile = TUNING['bwd_tile'] if training else TUNING['fwd_tile']
+    tile = _bwd_tile(block_d)[0] if training else TUNING['fwd_tile']
     return max(16, min(tile // block_d, 1024))
+
+
+def _bwd_tile(block_d: int):
+    """``(elements, elements per thread)`` of the backward's tile: narrow groups take a
+    longer chunk at the same warps (:data:`TUNING`)."""
+    if block_d <= TUNING['narrow_d']:
+        tile = TUNING['bwd_narrow_tile']
+        return tile, TUNING['bwd_per_thread'] * tile // TUNING['bwd_tile']
+    return TUNING['bwd_tile'], TUNING['bwd_per_thread']
 
 
 @functools.lru_cache(None)
@@ -811,7 +827,7 @@ def _backward(cfg, ops, grad_args):
               if ops.w is not None else slabs[0])
     args = dict(ops.kernel_args(), **grad_args, seg_p_ptr=ops.A, seg_s_ptr=ops.A,
                 lb_ptr=ops.A, dw_ptr=w_part, **cfg.sizes(one_pass),
-                **cfg.meta(TUNING['bwd_per_thread']),
+                **cfg.meta(_bwd_tile(cfg.block_d)[1]),
                 BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))))
     args.update({f'd{name}_ptr': partial_sums.get(name, slabs[0])
                  for name in ('A', 'D', 'bias', 'lnw', 'lnb')})

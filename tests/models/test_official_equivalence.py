@@ -54,8 +54,11 @@ def test_backbone_stage_outputs_match_released(reference):
     model.load_state_dict({k[9:]: v for k, v in sd.items() if k.startswith('backbone.')})
     model.eval()
     raw = []
-    hooks = [s.register_forward_hook(lambda m, i, o: raw.append(o.permute(0, 3, 1, 2)))
-             for s in model.stages]
+    # a stage's raw output is its last block's (which also returns the stage norm's
+    # output where it runs fused with the last residual add)
+    hooks = [s[-1].register_forward_hook(
+        lambda m, i, o: raw.append((o if torch.is_tensor(o) else o[0]).permute(0, 3, 1, 2)))
+        for s in model.stages]
     with torch.no_grad():
         outs = model(exp['input'])
     for h in hooks:

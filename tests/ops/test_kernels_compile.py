@@ -27,7 +27,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                  'dA_ptr', 'dD_ptr', 'dbias_ptr', 'dlnw_ptr', 'dlnb_ptr', 'dw_ptr',
                  'ddl_ptr', 'dB_ptr', 'dC_ptr', 'b_ptr', 'part_ptr', 's_ptr',
                  'ds_part_ptr', 'dwb_part_ptr', 'gp_ptr', 'seg_a_ptr', 'seg_h_ptr',
-                 'seg_p_ptr', 'seg_s_ptr'}
+                 'seg_p_ptr', 'seg_s_ptr', 'sum_ptr', 'gs_ptr'}
 
     def compile_kernel(fn, consts, num_warps, num_stages=3, all_fp32=False):
         sig = {}
@@ -68,8 +68,11 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         compile_kernel(fn, dict(ROWS=16, BLOCK_W=64, **consts), 8)
     from mmgroupmamba.ops import fused_layer_norm as ln
     for fn, block_m in ((ln._ln_fwd_kernel, 8), (ln._ln_bwd_kernel, 4)):
-        compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=True, HAS_W=True,
-                                **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})), 8)
+        for mod, res in ((True, False), (False, True)):
+            compile_kernel(fn, dict(BLOCK_M=block_m, BLOCK_C=512, MOD=mod, HAS_W=True,
+                                    RES=res, FACTOR=res,
+                                    **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})),
+                           8)
     from mmgroupmamba.ops import tf32x3 as lin
     for m, n, k, warps, stages in lin.CONFIGS:
         compile_kernel(lin._linear_kernel.fn, dict(N=1392, K=348, HAS_BIAS=True,

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmgroupmamba.execution import ExecutionPolicy, share_execution
 from mmgroupmamba.runtime import execute
-from ..layers import ConvStem, Downsample, GroupMambaBlock, LayerNorm, VSSS
+from ..layers import ConvStem, Downsample, GroupMambaBlock, GroupMambaStage, LayerNorm, VSSS
 
 
 @MODELS.register_module()
@@ -121,7 +121,7 @@ class GroupMamba(BaseModule):
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
             offset = sum(depths[:i])
-            self.stages.append(nn.Sequential(*[
+            self.stages.append(GroupMambaStage(*[
                 GroupMambaBlock(embed_dims[i], mlp_ratios[i], drop_path=dpr[offset + j],
                                 d_state=d_state) for j in range(depth)]))
 
@@ -200,11 +200,9 @@ class GroupMamba(BaseModule):
         """The computation itself, eagerly."""
         outs = []
         for i in range(max(self.out_indices) + 1):  # later stages would feed nothing
-            # The stem takes the NCHW image; later embeddings take channels-last maps.
-            x = self.stages[i](self.patch_embeds[i](x))
-            norm = getattr(self, f'norm{i}', None)
-            if norm is not None:
-                x = norm(x)
+            # The stem takes the NCHW image; later embeddings take channels-last maps; the
+            # stage applies its norm (if any) fused with its last residual add.
+            x = self.stages[i](self.patch_embeds[i](x), getattr(self, f'norm{i}', None))
             if i in self.out_indices:
                 outs.append(x.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)

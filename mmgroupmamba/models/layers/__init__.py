@@ -1,6 +1,6 @@
 from mmgroupmamba.ops.directions import (SCAN_DIRECTIONS, flatten_in_direction,
                                          unflatten_from_direction)
-from .block import ClassBlock, GroupMambaBlock
+from .block import ClassBlock, GroupMambaBlock, GroupMambaStage
 from .downsample import Downsample
 from .drop_path import ResidualDropPath
 from .ffn import ConvFFN, Mlp
@@ -13,4 +13,4 @@ from .vsss import VSSS
 __all__ = ['ConvStem', 'Downsample', 'VSSS', 'SCAN_DIRECTIONS', 'flatten_in_direction',
            'unflatten_from_direction', 'ChannelAffinity', 'ModulatedGroupMamba',
            'ConvFFN', 'Mlp', 'Linear', 'LayerNorm', 'ResidualDropPath', 'GroupMambaBlock',
-           'ClassBlock']
+           'GroupMambaStage', 'ClassBlock']

@@ -179,11 +179,17 @@ class ModulatedGroupMamba(nn.Module):
         return state
 
     def forward(self, x):
+        return self.forward_normalized(self.norm(x))
+
+    def forward_normalized(self, x):
+        """The layer after its input norm: ``x`` is ``self.norm(input)`` (a block computes
+        it together with the residual add in front of it, see
+        :meth:`LayerNorm.add_and_norm`)."""
         mixer = self.execution.mixer
         if mixer == 'reference' or (mixer == 'auto' and torch.jit.is_tracing()):
-            fn = self.forward_reference
+            fn = self._reference_body
         else:
-            fn = self.forward_grouped
+            fn = self._grouped_body
         if self.execution.mixer_cp and torch.is_grad_enabled() and not torch.jit.is_tracing():
             return cp.checkpoint(fn, x, use_reentrant=False)
         return fn(x)
@@ -196,7 +202,9 @@ class ModulatedGroupMamba(nn.Module):
 
     def forward_reference(self, x):
         """The released execution: one VSSS per group, one after the other."""
-        x = self.norm(x)
+        return self._reference_body(self.norm(x))
+
+    def _reference_body(self, x):
         affinity = self.affinity(x)
         parts = x.chunk(self.num_groups, dim=-1)
         y = torch.cat([op(part) for op, part in zip(self.groups, parts)], dim=-1)
@@ -234,13 +242,15 @@ class ModulatedGroupMamba(nn.Module):
 
     def forward_grouped(self, x):
         """All four groups at once, with the per-group modules' parameters."""
+        return self._grouped_body(self.norm(x))
+
+    def _grouped_body(self, x):
         ops = self.groups
         G = self.num_groups
         width = self.dim
         fused = self.execution.fused_kernels
         mode = resolve_linear_mode(self.execution.linear_mode, x, width, ops[0].dim)
         prm = self._grouped_params(mode)
-        x = self.norm(x)
         affinity = self.affinity(x)
 
         # in_proj of every group: one GEMM (x and z halves as views of its output), or

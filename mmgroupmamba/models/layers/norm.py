@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmgroupmamba.execution import ExecutionPolicy
-from mmgroupmamba.ops import layer_norm, modulated_layer_norm
+from mmgroupmamba.ops import layer_norm, modulated_layer_norm, residual_layer_norm
+from mmgroupmamba.ops.fused_layer_norm import residual_add
 
 
 class LayerNorm(nn.LayerNorm):
@@ -60,6 +61,18 @@ class LayerNorm(nn.LayerNorm):
                                                    scale.shape[-1]))
         return modulated_layer_norm(y, x, scale, self.weight, self.bias, self.eps,
                                     self._out_dtype(x), fused=self.execution.fused_kernels)
+
+    def add_and_norm(self, x, y, factor=None):
+        """``(s, self(s))`` with the residual sum ``s = x + y * factor[b]`` (``factor``
+        (B,) per image, e.g. :meth:`ResidualDropPath.factor`, or None), in one pass on
+        CUDA: the add's output is read back by no second kernel, and the backward adds
+        the two gradients of ``s`` in the norm's kernel."""
+        self._check(x)
+        if torch.jit.is_tracing():
+            total = residual_add(x, y, factor)
+            return total, self._traced(total)
+        return residual_layer_norm(x, y, factor, self.weight, self.bias, self.eps,
+                                   self._out_dtype(x), fused=self.execution.fused_kernels)
 
     def _traced(self, x):
         # The ops' composition takes the normalised shape from x, which a trace records
