@@ -25,8 +25,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from mmgroupmamba.execution import LINEAR_MODES, ExecutionPolicy, share_execution
-from mmgroupmamba.ops import (depthwise_conv3x3_act, grouped_selective_scan, linear,
-                              token_mean)
+from mmgroupmamba.ops import (channel_affinity, depthwise_conv3x3_act, grouped_selective_scan,
+                              linear, token_mean)
 from mmgroupmamba.ops.directions import SCAN_DIRECTIONS
 from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype
 from .grouped_params import pack_group_params, source_params
@@ -38,22 +38,23 @@ from .vsss import VSSS
 class ChannelAffinity(nn.Module):
     """Channel Affinity Modulation weights: sigmoid(fc2(relu(fc1(mean over tokens)))).
 
-    Input (B, H, W, C); output (B, C) in (0, 1). The mean over tokens is
-    :func:`~mmgroupmamba.ops.token_mean` (a GEMV in half precision unless the
-    execution policy, ``self.execution``, turns the fused kernels off).
+    Input (B, H, W, C); output (B, C) in (0, 1), times ``scale`` if given. The mean over
+    tokens is :func:`~mmgroupmamba.ops.token_mean` (a GEMV in half precision), the rest
+    :func:`~mmgroupmamba.ops.channel_affinity` (one kernel in inference on CUDA), unless
+    the execution policy (``self.execution``) turns the fused kernels off.
     """
 
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
         hidden = max(dim // reduction, 1)
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)   # then ReLU
+        self.fc2 = Linear(hidden, dim)   # then sigmoid
         self.execution = share_execution(self, ExecutionPolicy())
 
-    def forward(self, x):
-        mean = token_mean(x, fused=self.execution.fused_kernels)
-        return torch.sigmoid(self.fc2(self.act(self.fc1(mean))))
+    def forward(self, x, scale=None):
+        fused = self.execution.fused_kernels
+        return channel_affinity(token_mean(x, fused=fused), self.fc1.weight, self.fc1.bias,
+                                self.fc2.weight, self.fc2.bias, scale, fused=fused)
 
 
 # ------------------------------------------------------------------- grouped linears
@@ -251,7 +252,7 @@ class ModulatedGroupMamba(nn.Module):
         fused = self.execution.fused_kernels
         mode = resolve_linear_mode(self.execution.linear_mode, x, width, ops[0].dim)
         prm = self._grouped_params(mode)
-        affinity = self.affinity(x)
+        scale = self.affinity(x, self.skip_scale)      # skip_scale * affinity
 
         # in_proj of every group: one GEMM (x and z halves as views of its output), or
         # the x halves and the z halves as two batched matmuls
@@ -277,4 +278,4 @@ class ModulatedGroupMamba(nn.Module):
             y = grouped_linear(y, prm['w_out'], mode)
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
         # merged first, in one pass (one kernel on CUDA)
-        return self.proj(self.norm.modulated(y, x, self.skip_scale * affinity))
+        return self.proj(self.norm.modulated(y, x, scale))
