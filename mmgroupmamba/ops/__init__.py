@@ -3,7 +3,7 @@ from .selective_scan import (SCAN_BACKENDS, available_backends, resolve_backend,
 from .dwconv import depthwise_conv3x3_act
 from .fused_layer_norm import layer_norm, modulated_layer_norm, residual_layer_norm
 from .tf32x3 import linear, linear_tf32x3
-from .channel_affinity import channel_affinity, channel_affinity_ref
+from .affinity import channel_affinity, channel_affinity_ref
 from .column_sums import column_sum, token_mean
 from .directions import (DIRECTION_CODES, SCAN_DIRECTIONS, check_direction, direction_codes,
                          flatten_channels_last, flatten_in_direction, unflatten_channels_last,

@@ -103,8 +103,10 @@ if triton is not None:
         v = _load_rows(x_ptr, y_ptr, s_ptr, rows, cols, mask, C, rows_per_batch, MOD,
                        RES, FACTOR)
         if RES:
-            tl.store(sum_ptr + rows[:, None].to(tl.int64) * C + cols[None, :],
-                     v.to(sum_ptr.dtype.element_ty), mask=mask)
+            # normalise the sum as stored (the backward reads it back)
+            v = v.to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + rows[:, None].to(tl.int64) * C + cols[None, :], v, mask=mask)
+            v = v.to(tl.float32)
         diff, rstd = _centred_rows(v, mask, C, eps)
         out = diff * rstd[:, None]
         if HAS_W:

@@ -1,5 +1,5 @@
-"""Every Triton kernel (selective scan, depthwise conv, LayerNorm, tf32x3 linear)
-compiled for sm_90 (Hopper) without a GPU.
+"""Every Triton kernel (selective scan, depthwise conv, LayerNorm, channel affinity,
+tf32x3 linear) compiled for sm_90 (Hopper) without a GPU.
 
 Runs only with ``MMGM_TRITON_COMPILE_CHECK=1`` (needs Triton; about a minute):
     MMGM_TRITON_COMPILE_CHECK=1 python -m pytest tests/ops/test_kernels_compile.py -q
@@ -73,6 +73,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                                     RES=res, FACTOR=res,
                                     **({'HAS_B': True} if fn is ln._ln_fwd_kernel else {})),
                            8)
+    from mmgroupmamba.ops import affinity as cam
+    compile_kernel(cam._affinity_kernel, dict(BLOCK_C=512, BLOCK_H=32, HAS_SCALE=True), 8)
     from mmgroupmamba.ops import tf32x3 as lin
     for m, n, k, warps, stages in lin.CONFIGS:
         compile_kernel(lin._linear_kernel.fn, dict(N=1392, K=348, HAS_BIAS=True,
