@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+
 def triton_interpreting() -> bool:
     """True when Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get('TRITON_INTERPRET', '0') == '1'

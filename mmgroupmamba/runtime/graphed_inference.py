@@ -114,4 +114,3 @@ class GraphedInference:
         outs = tuple(out) if tuple_output else (out, )
         keep_alive = list(self.caches()) if self.caches is not None else []
         return _Graph(graph, static_input, outs, tuple_output, keep_alive)
-
