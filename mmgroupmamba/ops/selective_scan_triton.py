@@ -74,8 +74,9 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # backward read a slot from one thread's copy of a vector and used another's; with
 # ``_read_slot`` taking one copy for all threads it passes the long-sequence GPU tests,
 # fp32 and bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays
-# one segment. Groups of at most ``narrow_d`` channels (stages 1-2) take backward chunks
-# of ``bwd_narrow_tile`` elements at the same warps: per layer, H100, bwd ms, 1024 | 2048
+# one segment. In the fused layer scan, groups of at most ``narrow_d`` channels (stages
+# 1-2) take backward chunks of ``bwd_narrow_tile`` elements at the same warps (the
+# generic contract keeps ``bwd_tile``): per layer, H100, bwd ms, 1024 | 2048
 # elements: 2 x 800x1344 stage 1 0.598 | 0.517, stage 2 0.307 | 0.280; 16 x 512x512
 # 0.915 | 0.841, 0.494 | 0.411 (the training forward, which shares the chunk: 0.213 |
 # 0.190, 0.094 | 0.090; 0.249 | 0.294, 0.142 | 0.144); the 87-channel groups of stage 3
@@ -624,21 +625,22 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _block_l(block_d: int, training: bool, override=None):
+def _block_l(block_d: int, training: bool, override=None, grouped: bool = True):
     """Chunk length: the tile's elements over the channel block. The backward walks the
     forward's chunks, so a forward that saves states for it uses the (smaller) backward
     tile. It does not depend on the sequence length (short sequences are masked), so a
     symbolic length under torch.compile adds no guard and no recompilation."""
     if override:
         return int(override)
-    tile = _bwd_tile(block_d)[0] if training else TUNING['fwd_tile']
+    tile = _bwd_tile(block_d, grouped)[0] if training else TUNING['fwd_tile']
     return max(16, min(tile // block_d, 1024))
 
 
-def _bwd_tile(block_d: int):
-    """``(elements, elements per thread)`` of the backward's tile: narrow groups take a
-    longer chunk at the same warps (:data:`TUNING`)."""
-    if block_d <= TUNING['narrow_d']:
+def _bwd_tile(block_d: int, grouped: bool):
+    """``(elements, elements per thread)`` of the backward's tile: narrow groups of the
+    fused layer scan take a longer chunk at the same warps (:data:`TUNING`; measured
+    there only, so the generic contract keeps the one tile)."""
+    if grouped and block_d <= TUNING['narrow_d']:
         tile = TUNING['bwd_narrow_tile']
         return tile, TUNING['bwd_per_thread'] * tile // TUNING['bwd_tile']
     return TUNING['bwd_tile'], TUNING['bwd_per_thread']
@@ -707,7 +709,8 @@ class _Cfg:
     """Everything both kernels need besides the tensors."""
 
     def __init__(self, batch, L, H, W, d, G, R, eps, block_l, block_d, device, flags,
-                 seg_chunks=None):
+                 seg_chunks=None, grouped=True):
+        self.grouped = grouped                        # the fused layer scan (its tuning)
         self.batch, self.L, self.H, self.W = batch, L, H, W
         self.d, self.G, self.R, self.eps = d, G, R, eps
         self.block_l, self.block_d = block_l, block_d
@@ -827,7 +830,7 @@ def _backward(cfg, ops, grad_args):
               if ops.w is not None else slabs[0])
     args = dict(ops.kernel_args(), **grad_args, seg_p_ptr=ops.A, seg_s_ptr=ops.A,
                 lb_ptr=ops.A, dw_ptr=w_part, **cfg.sizes(one_pass),
-                **cfg.meta(_bwd_tile(cfg.block_d)[1]),
+                **cfg.meta(_bwd_tile(cfg.block_d, cfg.grouped)[1]),
                 BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))))
     args.update({f'd{name}_ptr': partial_sums.get(name, slabs[0])
                  for name in ('A', 'D', 'bias', 'lnw', 'lnb')})
@@ -881,13 +884,13 @@ class _SelectiveScanFn(torch.autograd.Function):
         batch, dim, L = u.shape
         block_d = min(64, max(16, _next_pow2(dim)))
         save = any(ctx.needs_input_grad[:7])
-        block_l = _block_l(block_d, save, block_l)
+        block_l = _block_l(block_d, save, block_l, grouped=False)
         A1 = A.reshape(dim).float().contiguous()
         D1 = None if D is None else D.float().contiguous()
         bias1 = None if delta_bias is None else delta_bias.float().contiguous()
         cfg = _Cfg(batch, L, 1, L, dim, 1, 0, 0., block_l, block_d, u.device,
                    _flags(False, bias1 is not None, bool(delta_softplus), D1 is not None,
-                          False, False), seg_chunks)
+                          False, False), seg_chunks, grouped=False)
         out = torch.empty(batch, dim, L, device=u.device, dtype=u.dtype)
         dirs = _direction_tensor((0, ), u.device)
         ops = _generic_operands(u, delta, A1, B, C, D1, bias1)
