@@ -34,8 +34,9 @@ the input size), and ``--dense``: the three shapes of our users' jobs (Mask R-CN
 2 x 800x1344; UperNet: 2 x 512x512 and 16 x 512x512), training step and inference, bf16
 autocast, backbone only, GroupMamba eager and with ``cuda_graph=True``, the baselines
 eager, in one process; the table is in ms per step with ratios to Swin-T / ConvNeXt-T.
-With ``--profile`` each dense GroupMamba row's top kernels and the share of the
-selective scan in its GPU time are printed.
+With ``--profile`` each dense row's top kernels (ours and the baselines') are printed,
+and the table adds the share of the selective scan in our GPU time and the GPU time per
+step of ours and of Swin-T (the comparison that does not move with the host).
 
     python tools/analysis/benchmark.py --dense --profile
 """
@@ -652,13 +653,17 @@ def measure_configuration(args, device, backends, mode, precision, ours_label, m
         except ImportError:
             print(f'  {name}: timm not importable, skipped')
             continue
+        # --dense --profile: the baselines' GPU time per step too, the comparison that
+        # does not move with the host (their eager steps can be host-bound)
         run_one(lambda name=name: make_timm_baseline(name, args, device), name, 'timm', mode,
-                precision, args, device, results)
+                precision, args, device, results, prof=args.profile and args.dense)
 
 
 def print_dense_table(results, ours_label):
     """ms per step of every --dense row, ratios to Swin-T and ConvNeXt-T (eager) at the
-    same shape and mode; below 1.00x is faster than the baseline."""
+    same shape and mode; below 1.00x is faster than the baseline. With ``--profile``
+    also the GPU time per step of our eager step and of Swin-T's (the profiler's kernel
+    time) and their ratio."""
     def ms(r):
         return 1e3 * r['batch'] / r['img_s'] if r.get('img_s') else None
 
@@ -668,7 +673,8 @@ def print_dense_table(results, ours_label):
     print('\nbackbone only, bf16 autocast, ms per step (training: forward, backward, AdamW; '
           'ratios: time / baseline time)')
     cols = ['shape', 'mode', 'GM eager', 'GM graph', 'GM compiled', 'Swin-T', 'ConvNeXt-T',
-            'graph/Swin', 'graph/CNX', 'eager/Swin', 'compiled/Swin', 'scan %']
+            'graph/Swin', 'graph/CNX', 'eager/Swin', 'compiled/Swin', 'scan %', 'GM GPU ms',
+            'Swin GPU ms', 'GPU GM/Swin']
     print(' | '.join(f'{c:>12}' for c in cols))
     for batch, h, w in DENSE_SHAPES:
         for mode in ('train', 'infer'):
@@ -688,11 +694,15 @@ def print_dense_table(results, ours_label):
             prof = (eager or {}).get('profile') or {}
             scan = (f"{100 * prof['scan_ms'] / prof['gpu_ms']:.1f}" if prof.get('gpu_ms')
                     else '-')
+            gpu_ms, swin_gpu_ms = prof.get('gpu_ms'), ((swin or {}).get('profile')
+                                                       or {}).get('gpu_ms')
             cells = [f'{batch}x{h}x{w}', mode] + [f'{t[k]:.1f}' if t[k] else '-' for k in
                                                   ('eager', 'graph', 'compiled', 'swin',
                                                    'cnx')]
             cells += [ratio('graph', 'swin'), ratio('graph', 'cnx'), ratio('eager', 'swin'),
                       ratio('compiled', 'swin'), scan]
+            cells += [f'{v:.2f}' if v else '-' for v in (gpu_ms, swin_gpu_ms)]
+            cells.append(f'{gpu_ms / swin_gpu_ms:.2f}x' if gpu_ms and swin_gpu_ms else '-')
             print(' | '.join(f'{c:>12}' for c in cells))
 
 
