@@ -61,6 +61,9 @@ def test_stage_with_checkpointing_runs_the_blocks_one_by_one():
              for m in stage]
     torch.testing.assert_close(stage(x, norm), ref)
     assert calls == [1, 1, 1]     # each block called with its input alone
+    # an input without grad is not checkpointed: fused
+    torch.testing.assert_close(stage(x.detach(), norm), ref)
+    assert calls[3:] == [3, 3, 3]
     for h in hooks:
         h.remove()
 

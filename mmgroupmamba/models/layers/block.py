@@ -64,14 +64,14 @@ class GroupMambaStage(nn.Sequential):
     indices), each block's last residual add fused with the next block's input norm.
 
     ``stage(x)`` is the blocks applied in turn; ``stage(x, norm)`` also applies the
-    stage's output norm (fused with the last add). With checkpointing (``with_cp``) the
-    blocks run one by one: a checkpointed block keeps only its input, which fusing would
-    make two maps (the input and its norm).
+    stage's output norm (fused with the last add). Where the blocks checkpoint
+    (``with_cp`` and an input that requires grad) they run one by one: a checkpointed
+    block keeps only its input, which fusing would make two maps (the input and its norm).
     """
 
     def forward(self, x, norm=None):
         blocks = list(self)
-        if not blocks or blocks[0].execution.with_cp:
+        if not blocks or (blocks[0].execution.with_cp and x.requires_grad):
             for block in blocks:
                 x = block(x)
             return x if norm is None else norm(x)
