@@ -190,6 +190,31 @@ def _warps(elements):
     return 8 if elements >= 4096 else 4
 
 
+def _fwd_launch(C, M):
+    """``(grid, meta)`` of the forward kernel over M rows of C channels."""
+    block_m, block_c = _tiles(C, 4096)
+    meta = dict(BLOCK_M=block_m, BLOCK_C=block_c, num_warps=_warps(block_m * block_c))
+    return (triton.cdiv(M, block_m), ), meta
+
+
+def _bwd_launch(C, M, rows_per_batch):
+    """``(programs, tiles per image, tiles, meta)`` of the backward kernel: tiles of
+    rows that never straddle two images, walked by at most 1024 programs."""
+    block_m, block_c = _tiles(C, 2048)
+    tiles_per_batch = triton.cdiv(rows_per_batch, block_m)
+    n_tiles = (M // rows_per_batch) * tiles_per_batch
+    n_prog = max(1, min(n_tiles, 1024 if not triton_interpreting() else 4))
+    meta = dict(BLOCK_M=block_m, BLOCK_C=block_c, num_warps=_warps(block_m * block_c))
+    return n_prog, tiles_per_batch, n_tiles, meta
+
+
+def _weight_bias_grads(dwb_part, weight, bias_dtype):
+    """The per-program partial sums of the backward summed: ``(dweight, dbias)``."""
+    dwb = dwb_part.sum(0)
+    return (dwb[0].to(weight.dtype) if weight is not None else None,
+            dwb[1].to(bias_dtype) if bias_dtype is not None else None)
+
+
 class _LayerNormFn(torch.autograd.Function):
     """Rows of ``x`` (or of ``x * y * scale``) normalised over their C channels."""
 
@@ -198,16 +223,15 @@ class _LayerNormFn(torch.autograd.Function):
         C = x.shape[-1]
         M = x.numel() // C
         out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-        block_m, block_c = _tiles(C, 4096)
+        grid, meta = _fwd_launch(C, M)
         dummy = x
-        _ln_fwd_kernel[(triton.cdiv(M, block_m), )](
+        _ln_fwd_kernel[grid](
             x_ptr=x, y_ptr=y if y is not None else dummy,
             s_ptr=scale if scale is not None else dummy,
             w_ptr=weight if weight is not None else dummy,
             b_ptr=bias if bias is not None else dummy, out_ptr=out, sum_ptr=out, M=M, C=C,
-            rows_per_batch=rows_per_batch, eps=eps, BLOCK_M=block_m, BLOCK_C=block_c,
-            MOD=y is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            num_warps=_warps(block_m * block_c))
+            rows_per_batch=rows_per_batch, eps=eps, MOD=y is not None,
+            HAS_W=weight is not None, HAS_B=bias is not None, **meta)
         ctx.save_for_backward(x, y, scale, weight)
         ctx.meta = (eps, rows_per_batch, None if bias is None else bias.dtype)
         return out
@@ -219,11 +243,7 @@ class _LayerNormFn(torch.autograd.Function):
         grad = grad.contiguous()
         C = x.shape[-1]
         M = x.numel() // C
-        n_batch = M // rows_per_batch
-        block_m, block_c = _tiles(C, 2048)
-        tiles_per_batch = triton.cdiv(rows_per_batch, block_m)
-        n_tiles = n_batch * tiles_per_batch
-        n_prog = max(1, min(n_tiles, 1024 if not triton_interpreting() else 4))
+        n_prog, tiles_per_batch, n_tiles, meta = _bwd_launch(C, M, rows_per_batch)
         mod = y is not None
         dx = torch.empty_like(x)
         dy = torch.empty_like(y) if mod else dx
@@ -234,13 +254,10 @@ class _LayerNormFn(torch.autograd.Function):
             x_ptr=x, y_ptr=y if mod else x, s_ptr=scale if mod else x,
             w_ptr=weight if weight is not None else x, g_ptr=grad, dx_ptr=dx, dy_ptr=dy,
             ds_part_ptr=ds_part, dwb_part_ptr=dwb_part, gs_ptr=grad, C=C,
-            rows_per_batch=rows_per_batch, n_tiles=n_tiles, eps=eps, BLOCK_M=block_m,
-            BLOCK_C=block_c, MOD=mod, HAS_W=weight is not None,
-            num_warps=_warps(block_m * block_c))
-        dwb = dwb_part.sum(0)
-        dw = dwb[0].to(weight.dtype) if weight is not None else None
-        db = dwb[1].to(bias_dtype) if bias_dtype is not None else None
-        ds = (ds_part.view(n_batch, tiles_per_batch, C).sum(1).to(scale.dtype) if mod
+            rows_per_batch=rows_per_batch, n_tiles=n_tiles, eps=eps, MOD=mod,
+            HAS_W=weight is not None, **meta)
+        dw, db = _weight_bias_grads(dwb_part, weight, bias_dtype)
+        ds = (ds_part.view(-1, tiles_per_batch, C).sum(1).to(scale.dtype) if mod
               else None)
         return dx, (dy if mod else None), ds, dw, db, None, None, None
 
@@ -257,14 +274,13 @@ class _ResidualLayerNormFn(torch.autograd.Function):
         total = torch.empty(x.shape, device=x.device,
                             dtype=torch.promote_types(x.dtype, y.dtype))
         out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-        block_m, block_c = _tiles(C, 4096)
-        _ln_fwd_kernel[(triton.cdiv(M, block_m), )](
+        grid, meta = _fwd_launch(C, M)
+        _ln_fwd_kernel[grid](
             x_ptr=x, y_ptr=y, s_ptr=factor if factor is not None else x,
             w_ptr=weight if weight is not None else x, b_ptr=bias if bias is not None else x,
             out_ptr=out, sum_ptr=total, M=M, C=C, rows_per_batch=rows_per_batch, eps=eps,
-            BLOCK_M=block_m, BLOCK_C=block_c, MOD=False, HAS_W=weight is not None,
-            HAS_B=bias is not None, RES=True, FACTOR=factor is not None,
-            num_warps=_warps(block_m * block_c))
+            MOD=False, HAS_W=weight is not None, HAS_B=bias is not None, RES=True,
+            FACTOR=factor is not None, **meta)
         ctx.save_for_backward(total, factor, weight)
         ctx.meta = (eps, rows_per_batch, None if bias is None else bias.dtype, x.dtype,
                     y.dtype)
@@ -276,11 +292,7 @@ class _ResidualLayerNormFn(torch.autograd.Function):
         eps, rows_per_batch, bias_dtype, x_dtype, y_dtype = ctx.meta
         grad_out, grad_total = grad_out.contiguous(), grad_total.contiguous()
         C = total.shape[-1]
-        M = total.numel() // C
-        block_m, block_c = _tiles(C, 2048)
-        tiles_per_batch = triton.cdiv(rows_per_batch, block_m)
-        n_tiles = (M // rows_per_batch) * tiles_per_batch
-        n_prog = max(1, min(n_tiles, 1024 if not triton_interpreting() else 4))
+        n_prog, _, n_tiles, meta = _bwd_launch(C, total.numel() // C, rows_per_batch)
         dx = torch.empty(total.shape, device=total.device, dtype=x_dtype)
         dy = torch.empty(total.shape, device=total.device, dtype=y_dtype)
         dwb_part = torch.empty(n_prog, 2, C, device=total.device, dtype=torch.float32)
@@ -288,12 +300,9 @@ class _ResidualLayerNormFn(torch.autograd.Function):
             x_ptr=total, y_ptr=total, s_ptr=factor if factor is not None else total,
             w_ptr=weight if weight is not None else total, g_ptr=grad_out, dx_ptr=dx,
             dy_ptr=dy, ds_part_ptr=dx, dwb_part_ptr=dwb_part, gs_ptr=grad_total, C=C,
-            rows_per_batch=rows_per_batch, n_tiles=n_tiles, eps=eps, BLOCK_M=block_m,
-            BLOCK_C=block_c, MOD=False, HAS_W=weight is not None, RES=True,
-            FACTOR=factor is not None, num_warps=_warps(block_m * block_c))
-        dwb = dwb_part.sum(0)
-        dw = dwb[0].to(weight.dtype) if weight is not None else None
-        db = dwb[1].to(bias_dtype) if bias_dtype is not None else None
+            rows_per_batch=rows_per_batch, n_tiles=n_tiles, eps=eps, MOD=False,
+            HAS_W=weight is not None, RES=True, FACTOR=factor is not None, **meta)
+        dw, db = _weight_bias_grads(dwb_part, weight, bias_dtype)
         return dx, dy, None, dw, db, None, None, None
 
 
