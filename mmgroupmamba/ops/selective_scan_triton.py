@@ -72,7 +72,7 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # 7.66; 16 x 512x512 fwd 2.93 | 2.38, fwd+bwd 17.19 | 13.77; 2 x 512x512 fwd 0.55 |
 # 0.49, fwd+bwd 2.93 | 2.44. (The look-back figures are from its first run, whose
 # backward read a slot from one thread's copy of a vector and used another's; with
-# ``_read_slot`` taking one copy for all threads it passes the long-sequence GPU tests,
+# ``_read_slots`` taking one copy for all threads it passes the long-sequence GPU tests,
 # fp32 and bf16, L = 67,200 and 200,000, H100.) Batch 128 at 224 (512 programs) stays
 # one segment. In the fused layer scan, groups of at most ``narrow_d`` channels (stages
 # 1-2) take backward chunks of ``bwd_narrow_tile`` elements at the same warps (the
@@ -80,7 +80,14 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # elements: 2 x 800x1344 stage 1 0.598 | 0.517, stage 2 0.307 | 0.280; 16 x 512x512
 # 0.915 | 0.841, 0.494 | 0.411 (the training forward, which shares the chunk: 0.213 |
 # 0.190, 0.094 | 0.090; 0.249 | 0.294, 0.142 | 0.144); the 87-channel groups of stage 3
-# are slower with it (0.378 | 0.428, 0.700 | 0.857).
+# are slower with it (0.378 | 0.428, 0.700 | 0.857). Reducing tiles in pairs and triples
+# (``_row``, ``_read_slots``, the LayerNorm backward's two row sums, the parameter
+# gradients) instead of one ``tl.sum`` each, per-stage fwd | bwd ms per layer, H100, 2 x
+# 800x1344: before 0.189 0.091 0.075 0.039 | 0.516 0.279 0.378 0.165, after 0.167 0.080
+# 0.072 0.034 | 0.484 0.276 0.348 0.166 (whole model fwd 1.72 -> 1.58, bwd 6.57 ->
+# 6.19; 16 x 512x512 2.83 -> 2.61, 11.33 -> 10.58). Leaving the dt projection's backward
+# to two batched GEMMs after the kernel (a full fp32 map of the gradient of ``dt``
+# instead of R row sums per chunk) was slower at every stage (stage 3: 0.476).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
@@ -110,6 +117,29 @@ SEG_BLOCK = 16
 def _combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2.
     return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _add2(a1, b1, a2, b2):
+    return a1 + a2, b1 + b2
+
+
+@triton.jit
+def _add3(a1, b1, c1, a2, b2, c2):
+    return a1 + a2, b1 + b2, c1 + c2
+
+
+@triton.jit
+def _min2(a1, b1, a2, b2):
+    return tl.minimum(a1, a2), tl.minimum(b1, b2)
+
+
+@triton.jit
+def _row(x, y, row):
+    """Row ``row`` (a ``(rows, 1)`` mask) of two tiles, in one reduction: where a
+    tile's rows span warps every reduction along them is a round trip through shared
+    memory with a barrier, so the kernels reduce tiles in pairs and triples."""
+    return tl.reduce((tl.where(row, x, 0.), tl.where(row, y, 0.)), 0, _add2)
 
 
 @triton.jit
@@ -166,9 +196,8 @@ def _entry_state(h, seg_a_ptr, seg_h_ptr, pid, pid_s, n_seg, d, j, mask_d,
         a_c, h_c = tl.associative_scan(
             (tl.load(seg_a_ptr + off, mask=m, other=1.), tl.load(seg_h_ptr + off, mask=m,
                                                                  other=0.)), 0, _combine)
-        last = ss[:, None] == SEG_BLOCK - 1
-        h = (tl.sum(tl.where(last, h_c, 0.), axis=0)
-             + tl.sum(tl.where(last, a_c, 0.), axis=0) * h)
+        a_last, h_last = _row(a_c, h_c, ss[:, None] == SEG_BLOCK - 1)
+        h = h_last + a_last * h
     return h
 
 
@@ -188,9 +217,8 @@ def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
             (tl.load(seg_p_ptr + off, mask=m, other=1.), tl.load(seg_s_ptr + off, mask=m,
                                                                  other=0.)), 0, _combine,
             reverse=True)
-        first = ss[:, None] == 0
-        s_c = (tl.sum(tl.where(first, s_loc, 0.), axis=0)
-               + tl.sum(tl.where(first, p_c, 0.), axis=0) * s_c)
+        p_first, s_first = _row(p_c, s_loc, ss[:, None] == 0)
+        s_c = s_first + p_first * s_c
     return s_c
 
 
@@ -261,22 +289,34 @@ def _pack(p, s):
 
 
 @triton.jit
-def _read_slot(ptr, mask_d, first_row, spread):
-    """``(p, s, ready)`` of one chunk's slots, the same in every thread of the program.
+def _unpack(x):
+    """``(p, s, written)`` of packed slots (:func:`_pack`), ``written`` per channel."""
+    lo = x.to(tl.int32)
+    hi = (x >> 32).to(tl.int32)
+    written = ((lo != -1) & (hi != -1)).to(tl.int32)
+    return lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True), written
+
+
+@triton.jit
+def _read_slots(inc_ptr, agg_ptr, mask_d, first_row, spread):
+    """``(inclusive p, s, ready, aggregate p, s, ready)`` of one chunk's two slots, the
+    same in every thread of the program.
 
     A (BLOCK_D,) vector is held by several threads at once, each loading it itself; a
     slot written between two copies' loads would be ready in one copy and not in another
     (seen on an H100: whole rows of a chunk with garbage carries). So one copy is taken
-    for all: the loaded vector is broadcast over the tile's rows (where each element has
-    one owner) and row 0 comes back out by a reduction, identical in every thread; the
-    readiness is checked on that value. A slot is ready when both of its halves are
-    written (:func:`_pack`)."""
-    x = tl.load(ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
-    x = tl.sum(tl.where(first_row, x, 0), axis=0)
-    lo = x.to(tl.int32)
-    hi = (x >> 32).to(tl.int32)
-    ready = tl.min(((lo != -1) & (hi != -1)).to(tl.int32), axis=0) == 1
-    return lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True), ready
+    for all: the loaded vectors are broadcast over the tile's rows (where each element
+    has one owner) and row 0 comes back out by a reduction, identical in every thread;
+    the readiness is checked on those values. A slot is ready when both of its halves
+    are written (:func:`_pack`) for every channel."""
+    x_inc = tl.load(inc_ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
+    x_agg = tl.load(agg_ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
+    x_inc, x_agg = tl.reduce((tl.where(first_row, x_inc, 0), tl.where(first_row, x_agg, 0)),
+                             0, _add2)
+    inc_p, inc_s, inc_w = _unpack(x_inc)
+    agg_p, agg_s, agg_w = _unpack(x_agg)
+    inc_w, agg_w = tl.reduce((inc_w, agg_w), 0, _min2)
+    return inc_p, inc_s, inc_w == 1, agg_p, agg_s, agg_w == 1
 
 
 @triton.jit
@@ -320,8 +360,8 @@ def _look_back(p, s, lb_ptr, pid, k, n_chunks, d, j, mask_d,
     idx = k - step
     while (idx >= 0) & (idx < n_chunks):
         off = (pid * n_chunks + idx) * d + j
-        inc_p, inc_s, inc_ready = _read_slot(inc_ptr + off, mask_d, first_row, spread)
-        agg_p, agg_s, agg_ready = _read_slot(agg_ptr + off, mask_d, first_row, spread)
+        inc_p, inc_s, inc_ready, agg_p, agg_s, agg_ready = _read_slots(
+            inc_ptr + off, agg_ptr + off, mask_d, first_row, spread)
         p_i = tl.where(inc_ready, inc_p, agg_p)
         s_i = tl.where(inc_ready, inc_s, agg_s)
         ready = inc_ready | agg_ready
@@ -391,15 +431,16 @@ def _scan_fwd_kernel(
             u_base, s_u_l, s_u_c, dl_base, s_dl_l, s_dl_c, B_base, s_B_l, w_ptr, pos,
             mask_l, mask2, c, j, mask_d, g, d, A, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ,
             HAS_BIAS, SOFTPLUS)
+        # the chunk's carry from a zero state: (prod a, h) at its last row
+        a_last, h_last = _row(a_cum, h_loc, last_row)
         if LOOK_BACK:
-            h = _look_back(tl.sum(tl.where(last_row, a_cum, 0.), axis=0),
-                           tl.sum(tl.where(last_row, h_loc, 0.), axis=0), lb_ptr, pid, k,
-                           n_chunks, d, j, mask_d, BLOCK_L, BLOCK_D, False)
+            h = _look_back(a_last, h_last, lb_ptr, pid, k, n_chunks, d, j, mask_d, BLOCK_L,
+                           BLOCK_D, False)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
-        h = tl.sum(tl.where(last_row, hh, 0.), axis=0)
+        h = h_last + a_last * h
         if CARRY_PASS:
-            a_seg *= tl.sum(tl.where(last_row, a_cum, 0.), axis=0)
+            a_seg *= a_last
         else:
             if SAVE_STATES:
                 tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
@@ -536,12 +577,12 @@ def _scan_bwd_kernel(
             gy = go
         if HAS_NORM:
             if not CARRY_PASS:
-                acc_lnw += tl.sum(gy * xhat, axis=0)
-                acc_lnb += tl.sum(gy, axis=0)
+                c_lnw, c_lnb = tl.reduce((gy * xhat, gy), 0, _add2)
+                acc_lnw += c_lnw
+                acc_lnb += c_lnb
             dxh = gy * lnw[None, :]
-            m1 = tl.sum(dxh, axis=1) / d
-            m2 = tl.sum(dxh * xhat, axis=1) / d
-            dy = rstd[:, None] * (dxh - m1[:, None] - xhat * m2[:, None])
+            m1, m2 = tl.reduce((dxh, dxh * xhat), 1, _add2)
+            dy = rstd[:, None] * (dxh - m1[:, None] / d - xhat * (m2[:, None] / d))
             dy = tl.where(mask2, dy, 0.)
         else:
             dy = gy
@@ -556,38 +597,38 @@ def _scan_bwd_kernel(
         alpha = tl.where(mask_l1[:, None], tl.exp(delta1 * A[None, :]), 0.)
         e = dy * Cv[:, None]
         a_rcum, s_loc = tl.associative_scan((alpha, e), 0, _combine, reverse=True)
+        # the chunk's carry from a zero gradient: (prod alpha, s) at its first row
+        p_first, s_first = _row(a_rcum, s_loc, first_row)
         if LOOK_BACK:
-            s_carry = _look_back(tl.sum(tl.where(first_row, a_rcum, 0.), axis=0),
-                                 tl.sum(tl.where(first_row, s_loc, 0.), axis=0), lb_ptr,
-                                 pid, k, n_chunks, d, j, mask_d, BLOCK_L, BLOCK_D, True)
+            s_carry = _look_back(p_first, s_first, lb_ptr, pid, k, n_chunks, d, j, mask_d,
+                                 BLOCK_L, BLOCK_D, True)
         s = s_loc + a_rcum * s_carry[None, :]
-        s_carry = tl.sum(tl.where(first_row, s, 0.), axis=0)
+        s_carry = s_first + p_first * s_carry
         if CARRY_PASS:
-            p_seg *= tl.sum(tl.where(first_row, a_rcum, 0.), axis=0)
+            p_seg *= p_first
         else:
-            # ---- y = C h + D u
-            tl.store(dC_base + pos * s_dC_l, tl.sum(dy * hh, axis=1), mask=mask_l)
-            if HAS_D:
-                acc_D += tl.sum(dy * u, axis=0)
-                du = dy * Dv[None, :]
-            else:
-                du = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-
-            # ---- h_t = a_t h_(t-1) + delta_t B_t u_t, a_t = exp(delta_t A)
+            # ---- y = C h + D u;  h_t = a_t h_(t-1) + delta_t B_t u_t, a_t = exp(delta_t A)
             ah = hh - bx                                   # a_t h_(t-1)
-            du += s * delta * Bv[:, None]
+            sd = s * delta
+            g_C, g_B = tl.reduce((dy * hh, sd * u), 1, _add2)
+            tl.store(dC_base + pos * s_dC_l, g_C, mask=mask_l)
+            tl.store(dB_base + pos * s_dB_l, g_B, mask=mask_l)
+            du = sd * Bv[:, None]
+            if HAS_D:
+                du += dy * Dv[None, :]
             tl.store(du_base + pos[:, None] * s_du_l + c[None, :] * s_du_c,
                      du.to(du_ptr.dtype.element_ty), mask=mask2)
-            tl.store(dB_base + pos * s_dB_l, tl.sum(s * delta * u, axis=1), mask=mask_l)
-            acc_A += tl.sum(s * ah * delta, axis=0)
             ddelta = s * (Bv[:, None] * u + ah * A[None, :])
             if SOFTPLUS:
                 dv = ddelta * tl.sigmoid(v)
             else:
                 dv = ddelta
             dv = tl.where(mask2, dv, 0.)
-            if HAS_BIAS:
-                acc_bias += tl.sum(dv, axis=0)
+            # per-channel parameter gradients (D's and the bias's are dropped where off)
+            c_A, c_D, c_bias = tl.reduce((sd * ah, dy * u, dv), 0, _add3)
+            acc_A += c_A
+            acc_D += c_D
+            acc_bias += c_bias
             if HAS_DT_PROJ:
                 for r in tl.static_range(R):
                     xr = tl.load(dl_base + pos * s_dl_l + (g * R + r) * s_dl_c,
@@ -991,9 +1032,8 @@ def _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,
     batch, H, W, GD = u.shape
     out = torch.empty(batch, H, W, GD, device=u.device, dtype=u.dtype)
     ops = _grouped_operands(u, xdbl, z, w, bias, A, D, lnw, lnb, cfg.G, cfg.R)
-    hs = _forward(cfg, ops, out, _token_strides(out), _direction_tensor(directions,
-                                                                          u.device),
-                  save_states)
+    dirs = _direction_tensor(directions, u.device)
+    hs = _forward(cfg, ops, out, _token_strides(out), dirs, save_states)
     return out, (hs if save_states else u.new_empty(0, dtype=torch.float32))
 
 
@@ -1022,6 +1062,7 @@ def _grouped_scan_backward(grad_out, u, xdbl, z, w, bias, A, D, lnw, lnb, hs, ep
                                    (0, 0, 0) if dz is None else _token_strides(dz), 'blc'),
                      hs_ptr=hs, dir_ptr=_direction_tensor(directions, u.device))
     grads = _backward(cfg, ops, grad_args)
+
     def absent():  # a fresh one for each absent input (a custom op's outputs are distinct)
         return u.new_empty(0, dtype=torch.float32)
     return (du, dx, absent() if dz is None else dz,
