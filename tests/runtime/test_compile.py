@@ -111,6 +111,66 @@ def test_fused_operators_compile_in_the_interpreter():
     run_in_triton_interpreter(_INTERPRET_SCRIPT)
 
 
+def _ddp_compiled_steps(rank, world, init_file, out_dir):
+    """One process of :func:`test_compiled_backbone_under_ddp_and_autocast`: for float32
+    (Dynamo's graph run eagerly) and for bf16 autocast (through AOTAutograd, as Inductor
+    runs it; its trace takes ~2 minutes on a CI machine), two training steps of a
+    compiled backbone wrapped in DDP (the second runs DDP's check that every gradient of
+    the first was reduced) on this rank's half of a fixed batch; rank 0 saves the
+    averaged gradients."""
+    import contextlib
+    from torch.nn.parallel import DistributedDataParallel
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}',
+                                         rank=rank, world_size=world)
+    try:
+        x = _ddp_batch(world)[2 * rank:2 * rank + 2]
+        for amp in (False, True):
+            torch.manual_seed(0)
+            backend = 'aot_eager' if amp else 'eager'
+            model = GroupMamba(SMALL, drop_path_rate=0.,
+                               execution=dict(compile=dict(backend=backend))).train()
+            ddp = DistributedDataParallel(model)
+            for _ in range(2):
+                model.zero_grad()
+                with (torch.autocast('cpu', dtype=torch.bfloat16) if amp
+                      else contextlib.nullcontext()):
+                    outs = ddp(x)
+                sum(o.float().square().mean() for o in outs).backward()
+            if rank == 0:
+                torch.save({n: p.grad for n, p in model.named_parameters()},
+                           out_dir / f'grads_amp{int(amp)}.pt')
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _ddp_batch(world):
+    return torch.randn(2 * world, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+
+
+def test_compiled_backbone_under_ddp_and_autocast(tmp_path):
+    """The compiled backbone in 2-process DDP (gloo) training steps, float32 and bf16
+    autocast: DDP's reducer sees the gradients of the compiled backward, and they are the
+    mean of the eager model's gradients on the two halves of the batch."""
+    import torch.multiprocessing as mp
+    world = 2
+    mp.spawn(_ddp_compiled_steps, args=(world, tmp_path / 'init', tmp_path), nprocs=world)
+    for amp in (False, True):
+        grads = torch.load(tmp_path / f'grads_amp{int(amp)}.pt')
+        torch.manual_seed(0)
+        eager = GroupMamba(SMALL, drop_path_rate=0.).train()
+        for half in _ddp_batch(world).split(2):
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+                outs = eager(half)
+            (sum(o.float().square().mean() for o in outs) / world).backward()
+        # bf16: the same operators, but AOTAutograd's decompositions round elsewhere
+        rtol = 5e-2 if amp else 1e-4
+        scale = max(p.grad.abs().max().item() for p in eager.parameters())
+        for name, p in eager.named_parameters():
+            assert torch.isfinite(grads[name]).all(), name
+            torch.testing.assert_close(grads[name], p.grad, rtol=rtol, atol=rtol * scale,
+                                       msg=f'{name} (bf16 autocast: {amp})')
+
+
 # ------------------------------------------------------------------------------- GPU
 @requires_triton_gpu
 def test_compiled_backbone_on_gpu_detection_sizes():
