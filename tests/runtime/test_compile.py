@@ -118,7 +118,6 @@ def _ddp_compiled_steps(rank, world, init_file, out_dir):
     compiled backbone wrapped in DDP (the second runs DDP's check that every gradient of
     the first was reduced) on this rank's half of a fixed batch; rank 0 saves the
     averaged gradients."""
-    import contextlib
     from torch.nn.parallel import DistributedDataParallel
     torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}',
                                          rank=rank, world_size=world)
@@ -132,8 +131,7 @@ def _ddp_compiled_steps(rank, world, init_file, out_dir):
             ddp = DistributedDataParallel(model)
             for _ in range(2):
                 model.zero_grad()
-                with (torch.autocast('cpu', dtype=torch.bfloat16) if amp
-                      else contextlib.nullcontext()):
+                with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
                     outs = ddp(x)
                 sum(o.float().square().mean() for o in outs).backward()
             if rank == 0:
