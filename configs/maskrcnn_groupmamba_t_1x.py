@@ -58,10 +58,17 @@ model = dict(
         # eval mode) while the BN affine parameters still train: mmdet's choice for
         # ResNet Mask R-CNN (norm_eval=True, requires_grad=True).
         norm_eval=True,
-        # how it runs (mmgroupmamba.execution.ExecutionPolicy); detection's image sizes
-        # vary, so no CUDA graphs. with_cp=True: recompute blocks in the backward (much
-        # less activation memory); compile=True: torch.compile, dynamic in H and W
-        execution=dict(scan_backend='auto', with_cp=False),
+        # how it runs (mmgroupmamba.execution.ExecutionPolicy). Training steps replay
+        # CUDA graphs of the backbone's forward and backward, one pair per batch size:
+        # keep-ratio resizing to 1333x800 and padding to 32 make a few dozen sizes
+        # (about 20 in the generated set, up to ~60 on COCO), each captured when it
+        # first occurs (a few seconds), all sharing one step's memory; sizes beyond
+        # max_cuda_graphs run eagerly. Testing runs eagerly (batch 1, every image its
+        # own size). with_cp=True: recompute blocks in the backward (much less
+        # activation memory); compile=True with cuda_graph=False: torch.compile,
+        # dynamic in H and W, in place of the graphs.
+        execution=dict(scan_backend='auto', with_cp=False, cuda_graph='train',
+                       max_cuda_graphs=64),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 348, 448]))
 

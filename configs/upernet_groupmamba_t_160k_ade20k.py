@@ -53,9 +53,10 @@ model = dict(
         # The stem's BatchNorms keep their ImageNet statistics: two 512x512 crops per GPU
         # are a small, unsynchronised batch.
         norm_eval=True,
-        # how it runs (mmgroupmamba.execution.ExecutionPolicy): 512x512 crops are one
-        # shape, but the whole-image test sizes vary: no CUDA graphs
-        execution=dict(scan_backend='auto', with_cp=False),
+        # how it runs (mmgroupmamba.execution.ExecutionPolicy): training steps replay
+        # CUDA graphs of the backbone's forward and backward (512x512 crops: one
+        # size); whole-image testing, where every image has its own size, runs eagerly
+        execution=dict(scan_backend='auto', with_cp=False, cuda_graph='train'),
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     decode_head=dict(in_channels=[64, 128, 348, 448], num_classes=num_classes),
     auxiliary_head=dict(in_channels=348, num_classes=num_classes))

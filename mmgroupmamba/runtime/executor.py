@@ -89,8 +89,9 @@ def execute(module: nn.Module, forward: Callable, x: torch.Tensor):
                               f'{policy.cuda_graph!r}): the training step runs eagerly: '
                               f'{state.training_blocker}.')
         if not state.training_blocker:
-            if state.training is None:
+            if state.training is None or state.training.max_graphs != policy.max_cuda_graphs:
                 state.training = GraphedTraining(forward, module,
+                                                 max_graphs=policy.max_cuda_graphs,
                                                  extra_key=lambda: signature(module))
             return state.training(x)
     return forward(x)

@@ -43,8 +43,9 @@ class GraphedInference:
         forward: the eager forward, one tensor in, a tensor or a tuple of tensors out.
         tensors: returns the tensors the forward reads besides ``x`` (parameters and
             buffers), to detect changes.
-        max_graphs: at most this many signatures get a graph (each holds its own memory
-            pool); further signatures run eagerly.
+        max_graphs: at most this many signatures get a graph; further signatures run
+            eagerly. The graphs share one memory pool: every replay's outputs are
+            copied out at once, so what a graph allocates is a temporary of its replay.
         extra_key: returns hashable settings that select the forward's kernels.
         caches: returns the values held by inference caches, kept alive as long as a
             graph that reads them exists (a cache may replace its value later).
@@ -63,6 +64,7 @@ class GraphedInference:
         self.extra_key = extra_key
         self.caches = caches
         self._graphs: Dict[tuple, _Graph] = {}
+        self._pools: Dict[torch.device, tuple] = {}
         self._state = None
 
     @staticmethod
@@ -76,6 +78,7 @@ class GraphedInference:
     def reset(self):
         """Drop every graph (and the memory it holds)."""
         self._graphs.clear()
+        self._pools.clear()
         self._state = None
 
     def _signature(self, x):
@@ -107,8 +110,14 @@ class GraphedInference:
             for _ in range(self.warmup_calls):
                 self.forward(static_input)
         torch.cuda.current_stream(x.device).wait_stream(side)
+        if x.device not in self._pools:
+            # one capture stream too: the allocator reuses a freed block of the pool only
+            # for allocations on the stream it was freed on
+            self._pools[x.device] = torch.cuda.graph_pool_handle(), torch.cuda.Stream(x.device)
+        pool, stream = self._pools[x.device]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), without_autocast_cache(x.device.type):
+        with torch.cuda.graph(graph, pool=pool, stream=stream), \
+                without_autocast_cache(x.device.type):
             out = self.forward(static_input)
         tuple_output = isinstance(out, (tuple, list))
         outs = tuple(out) if tuple_output else (out, )

@@ -63,18 +63,35 @@ def test_outputs_of_frozen_stages_block_graphed_training():
     assert 'outputs [3]' in training_graph_blocker(model)
 
 
-def test_gradient_copies_are_one_buffer_that_autograd_keeps():
-    """Graphed training hands autograd copies of the graph's gradient buffers: one new
-    buffer (not the graph's, which the next replay overwrites), whose views become the
-    parameters' ``.grad`` as they are (no per-parameter copy by autograd)."""
-    from mmgroupmamba.runtime.graphed_training import _copies
+def test_shared_step_memory_and_gradient_copies():
+    """The step graphs of all signatures share their fixed-address tensors: one flat
+    buffer per role and dtype, grown (not overwritten) by a larger request; and hand
+    autograd copies of the gradients: views of one new buffer (not the shared one, which
+    the next replay overwrites) that become the parameters' ``.grad`` as they are."""
+    from mmgroupmamba.runtime.graphed_training import _SharedMemory
+    shared = _SharedMemory()
+    small = shared.take('outputs', [torch.empty(2, 3), torch.empty(4, dtype=torch.float64)])
+    again = shared.take('outputs', [torch.empty(5)])
+    other = shared.take('grad_outputs', [torch.empty(5)])
+    assert again.tensors[0].data_ptr() == small.tensors[0].data_ptr()   # shared
+    assert other.tensors[0].data_ptr() != small.tensors[0].data_ptr()   # per role
+    assert small.tensors[1].dtype == torch.float64 and small.tensors[1].shape == (4, )
+    big = shared.take('outputs', [torch.empty(4, 4)])                    # grows
+    assert big.tensors[0].data_ptr() != small.tensors[0].data_ptr()
+    small.tensors[0].fill_(1.)
+    big.tensors[0].fill_(2.)
+    assert small.tensors[0].eq(1.).all()   # the earlier views keep their buffer
+
     params = [torch.nn.Parameter(torch.randn(*s)) for s in ((4, 3), (7, ), (2, 1, 3, 3))]
     sources = [torch.randn_like(p) for p in params]
-    copies = _copies(sources)
-    storage = copies[0].untyped_storage().data_ptr()
-    for src, c in zip(sources, copies):
-        assert torch.equal(src, c) and c.untyped_storage().data_ptr() == storage
-        assert c.data_ptr() != src.data_ptr()
+    slots = shared.take('param_grads', params)
+    slots.fill(sources)
+    storage = {t.untyped_storage().data_ptr() for t in slots.tensors}
+    assert len(storage) == 1
+    copies = slots.copy()
+    for src, t, c in zip(sources, slots.tensors, copies):
+        assert torch.equal(src, t) and torch.equal(src, c)
+        assert c.untyped_storage().data_ptr() not in storage
 
     class HandOver(torch.autograd.Function):
         @staticmethod
@@ -83,12 +100,12 @@ def test_gradient_copies_are_one_buffer_that_autograd_keeps():
 
         @staticmethod
         def backward(ctx, g):
-            return (None, *_copies(sources))
+            return (None, *slots.copy())
 
     HandOver.apply(torch.randn(3), *params).sum().backward()
     for p, src in zip(params, sources):
         assert torch.equal(p.grad, src)
-        assert p.grad.untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() not in storage
     grads = {p.grad.untyped_storage().data_ptr() for p in params}
     assert len(grads) == 1   # the views themselves, not per-parameter clones
 
@@ -218,13 +235,13 @@ def test_graphed_training_steps_match_eager(amp):
 def test_graphed_training_draws_new_drop_path_masks_and_other_shapes_run_eagerly():
     torch.manual_seed(0)
     model = GroupMamba(SMALL, drop_path_rate=0.5,
-                       execution=dict(cuda_graph='train')).cuda().train()
+                       execution=dict(cuda_graph='train', max_cuda_graphs=1)).cuda().train()
     x = torch.randn(4, 3, 64, 48, device='cuda')
     a = model(x)[-1].detach().clone()
     b = model(x)[-1].detach().clone()
     assert _num_graphs(model, 'training') == 1
     assert (a - b).abs().max() > 1e-3  # replays draw new random masks
-    model(torch.randn(2, 3, 64, 48, device='cuda'))  # another batch size: eager
+    model(torch.randn(2, 3, 64, 48, device='cuda'))  # another batch size: eager (max 1)
     assert _num_graphs(model, 'training') == 1
     model.eval()  # the next call after a mode change drops the training graphs
     with torch.no_grad():
@@ -244,3 +261,38 @@ def test_graphed_training_two_forwards_then_one_backward():
         (_loss(model(x1)) + _loss(model(x2))).backward()  # the second call runs eagerly
     for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@requires_cuda
+def test_graphed_training_of_many_sizes_shares_memory():
+    """Detection batches come in a few dozen sizes: each gets its graphs when it first
+    occurs, replays of different sizes in any order give the eager parameters and
+    gradients, and a further size costs little memory (the graphs share their pool and
+    fixed-address buffers; each used to hold a whole step's activations)."""
+    eager, graphed = _train_pair(norm_eval=True)
+    graphed.execution.max_cuda_graphs = 8
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed)]
+    shapes = [(2, 3, 256, 224), (2, 3, 192, 256), (2, 3, 256, 224), (1, 3, 224, 160),
+              (2, 3, 192, 256), (1, 3, 224, 160)]
+    torch.manual_seed(1)
+    growth = []
+    for shape in shapes:
+        x = torch.randn(shape, device='cuda')
+        for model, opt in zip((eager, graphed), opts):
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_reserved()
+            _loss(model(x)).backward()
+            torch.cuda.synchronize()
+            if model is graphed:
+                growth.append(torch.cuda.memory_reserved() - before)
+            opt.step()
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4,
+                                           msg=f'grad of {name}')
+    assert _num_graphs(graphed, 'training') == 3
+    # the first capture grows the memory by a step's activations (warm-up and pool);
+    # the second size reuses them
+    assert growth[1] < 0.5 * growth[0], growth

@@ -110,6 +110,7 @@ def test_160k_config_is_the_recipe():
     assert m.backbone.type == 'GroupMamba' and m.backbone.arch == 'tiny'
     assert m.backbone.drop_path_rate == 0.2
     assert m.backbone.init_cfg.type == 'Pretrained' and m.backbone.init_cfg.checkpoint
+    assert m.backbone.execution.cuda_graph == 'train'   # crops: one size; testing eager
     assert m.decode_head.type == 'UPerHead' and m.decode_head.channels == 512
     assert list(m.decode_head.in_channels) == [64, 128, 348, 448]
     assert m.decode_head.num_classes == m.auxiliary_head.num_classes == 150

@@ -87,8 +87,12 @@ logs = sorted(glob.glob(f'{sys.argv[1]}/*/vis_data/scalars.json'))
 rows = [json.loads(line) for line in open(logs[-1])]
 train = [r for r in rows if 'loss' in r and 'time' in r]
 late = [r for r in train if r['iter'] > 50] or train
+# the mean after 50 and over all logged windows include one-off costs (captures of new
+# batch sizes by a graphed backbone, Triton and cuDNN warm-up) that the median leaves out
+t_late, t_all = [r['time'] for r in late], [r['time'] for r in train]
 print(f"iterations logged: {train[-1]['iter']}; time/iter (median after 50): "
-      f"{statistics.median(r['time'] for r in late):.3f} s; "
+      f"{statistics.median(t_late):.3f} s (mean after 50 {statistics.mean(t_late):.3f}, "
+      f"all {statistics.mean(t_all):.3f}); "
       f"data_time: {statistics.median(r['data_time'] for r in late):.3f} s; "
       f"peak memory: {max(r.get('memory', 0) for r in train)} MB; "
       f"last loss: {train[-1]['loss']:.3f}")
