@@ -100,7 +100,10 @@ optim_wrapper = dict(
             '.A_log': dict(decay_mult=0.),
             '.D': dict(decay_mult=0.),
             'skip_scale': dict(decay_mult=0.),
-        }))
+        }),
+    # the same settings with one parameter group per setting instead of per parameter
+    # (~1250 groups, for each of which AdamW launches its kernels)
+    constructor='MergedGroupsOptimWrapperConstructor')
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),

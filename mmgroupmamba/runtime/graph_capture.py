@@ -1,6 +1,8 @@
 """What the inference and training graph runners share: when a capture is possible, the
-signature an input is graphed under, and autocast without its weight cache."""
+signature an input is graphed under, the capture itself, and autocast without its weight
+cache."""
 import contextlib
+import gc
 
 import torch
 
@@ -29,3 +31,20 @@ def without_autocast_cache(device_type: str):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
+
+
+@contextlib.contextmanager
+def capture(graph: 'torch.cuda.CUDAGraph', pool, stream: 'torch.cuda.Stream'):
+    """``torch.cuda.graph(graph, pool=pool, stream=stream)`` with Python's cyclic garbage
+    collector run before and held off during the capture: a CUDA graph in an unreachable
+    cycle (the runtime of a model no longer used) destroyed mid-capture invalidates the
+    capture, and PyTorch (2.9+) no longer collects before capturing."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            yield
+    finally:
+        if enabled:
+            gc.enable()

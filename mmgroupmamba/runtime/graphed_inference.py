@@ -10,7 +10,8 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .graph_capture import capture_possible, input_signature, without_autocast_cache
+from .graph_capture import (capture, capture_possible, input_signature,
+                            without_autocast_cache)
 
 
 class _Graph(NamedTuple):
@@ -116,8 +117,7 @@ class GraphedInference:
             self._pools[x.device] = torch.cuda.graph_pool_handle(), torch.cuda.Stream(x.device)
         pool, stream = self._pools[x.device]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=stream), \
-                without_autocast_cache(x.device.type):
+        with capture(graph, pool, stream), without_autocast_cache(x.device.type):
             out = self.forward(static_input)
         tuple_output = isinstance(out, (tuple, list))
         outs = tuple(out) if tuple_output else (out, )

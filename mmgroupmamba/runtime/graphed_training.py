@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .graph_capture import capture_possible, input_signature, without_autocast_cache
+from .graph_capture import (capture, capture_possible, input_signature,
+                            without_autocast_cache)
 
 
 class _Forward(nn.Module):
@@ -135,14 +136,14 @@ class _StepGraphs:
             param_grads = shared.take('param_grads', [grads[i] for i in self.grad_index])
             del views, outs, flat, grads
             self.fwd_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.fwd_graph, pool=pool, stream=stream):
+            with capture(self.fwd_graph, pool, stream):
                 views, outs = run()
                 flat = self._flatten(outs)
                 outputs.fill([o.detach() for o in flat])
             self.static_outputs = outputs.tensors
             self.static_grad_outputs = grad_outputs.tensors
             self.bwd_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.bwd_graph, pool=pool, stream=stream):
+            with capture(self.bwd_graph, pool, stream):
                 grads = torch.autograd.grad(flat, views, self.static_grad_outputs,
                                             allow_unused=True)
                 param_grads.fill([grads[i] for i in self.grad_index])

@@ -130,6 +130,22 @@ def test_no_weight_decay_on_1d_parameters_and_biases():
     kinds = {n.rsplit('.', 1)[-1] for n in names}
     assert {'A_log', 'D', 'skip_scale'} <= kinds
     assert all(wd[id(p)] == 0.05 for n, p in names.items() if n.endswith('A_log'))
+    # one group per setting (MergedGroupsOptimWrapperConstructor), each parameter with
+    # the settings mmengine's default constructor gives it in a group of its own
+    assert cfg.optim_wrapper.constructor == 'MergedGroupsOptimWrapperConstructor'
+    assert len(optim.optimizer.param_groups) == 2
+    cfg.optim_wrapper.pop('constructor')
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        default = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert len(default.optimizer.param_groups) == len(names)
+
+    def settings(optimizer):
+        return {id(p): {k: v for k, v in g.items() if k != 'params'}
+                for g in optimizer.param_groups for p in g['params']}
+
+    assert settings(optim.optimizer) == settings(default.optimizer)
+    order = [id(p) for g in optim.optimizer.param_groups for p in g['params']]
+    assert sorted(order) == sorted(id(p) for p in model.parameters())
 
 
 # ------------------------------------------------------------------------ training

@@ -175,6 +175,7 @@ def test_1x_config_matches_the_paper_recipe(cfg_1x):
     assert cfg_1x.model.neck.in_channels == [64, 128, 348, 448]
     opt = cfg_1x.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 0.05)
+    assert cfg_1x.optim_wrapper.constructor == 'MergedGroupsOptimWrapperConstructor'
     assert cfg_1x.train_dataloader.batch_size * 8 == cfg_1x.auto_scale_lr.base_batch_size == 16
     assert cfg_1x.train_cfg.max_epochs == 12
     resize = [t for t in cfg_1x.train_pipeline if t['type'] == 'Resize']

@@ -15,6 +15,9 @@ optim_wrapper = dict(
     # the scalar skip_scale). The released code decays A_logs, a 2-D (d, N) tensor;
     # flat_decay_mult reproduces exactly that split.
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
+    # the same settings with one parameter group per setting instead of per parameter
+    # (1192 groups of the backbone alone: AdamW launches its kernels once per group)
+    constructor='MergedGroupsOptimWrapperConstructor',
     clip_grad=dict(max_norm=5.0),
 )
 
