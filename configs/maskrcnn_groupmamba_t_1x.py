@@ -61,7 +61,7 @@ model = dict(
         # how it runs (mmgroupmamba.execution.ExecutionPolicy). Training steps replay
         # CUDA graphs of the backbone's forward and backward, one pair per batch size:
         # keep-ratio resizing to 1333x800 and padding to 32 make a few dozen sizes
-        # (about 20 in the generated set, up to ~60 on COCO), each captured when it
+        # (~17 in 150 batches of the generated set, up to ~60 on COCO), each captured when it
         # first occurs (a few seconds), all sharing one step's memory; sizes beyond
         # max_cuda_graphs run eagerly. Testing runs eagerly (batch 1, every image its
         # own size). with_cp=True: recompute blocks in the backward (much less
