@@ -263,6 +263,48 @@ def test_graphed_training_two_forwards_then_one_backward():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_capture_holds_off_garbage_collection(monkeypatch):
+    """A CUDA graph destroyed while another is captured invalidates that capture (seen on
+    the H100: a model dropped by an earlier test, in a reference cycle, collected
+    mid-capture). Captures collect first and run with the cyclic collector off, also
+    when the captured code raises."""
+    import gc
+
+    from mmgroupmamba.runtime import graph_capture
+    seen = []
+
+    class Graph:  # stands in for torch.cuda.graph, which needs a GPU
+        def __init__(self, graph, pool=None, stream=None):
+            pass
+
+        def __enter__(self):
+            seen.append(('enter', gc.isenabled(), len(collected)))
+
+        def __exit__(self, *exc):
+            seen.append(('exit', gc.isenabled()))
+
+    collected = []
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            collected.append(1)
+
+    monkeypatch.setattr(graph_capture.torch.cuda, 'graph', Graph)
+    assert gc.isenabled()
+    Cycle()  # unreachable, in a cycle: only the cyclic collector frees it
+    with graph_capture.capture(object(), None, None):
+        seen.append(('body', gc.isenabled()))
+    assert seen == [('enter', False, 1), ('body', False), ('exit', False)]
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with graph_capture.capture(object(), None, None):
+            raise RuntimeError('capture failed')
+    assert gc.isenabled()
+
+
 def _graph_pool_bytes():
     """Bytes held in CUDA-graph memory pools (every segment outside the default pool)."""
     return sum(seg['total_size'] for seg in torch.cuda.memory_snapshot()
