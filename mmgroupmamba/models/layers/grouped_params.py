@@ -14,6 +14,8 @@ element indices instead of parameters, so the packing cannot drift from it.
 from typing import Dict, Optional, Sequence
 
 import torch
+from torch._utils import _flatten_dense_tensors as _flatten
+from torch._utils import _unflatten_dense_tensors as _unflatten
 
 # per group: (name in the result of ``arrange``'s input, attribute path in a VSSS)
 SOURCES = (('in_proj', ('in_proj', 'weight')), ('x_proj', ('x_proj', 'weight')),
@@ -70,6 +72,7 @@ class PackLayout:
         packed = arrange(src, d, R, N, blockdiag)
         self.names = list(packed)
         self.shapes = [packed[k].shape for k in self.names]
+        self.sizes = [shape.numel() for shape in self.shapes]
         gather = torch.cat([packed[k].reshape(-1) for k in self.names])
         n_params = offset - 1
         used = gather[gather > 0]
@@ -82,31 +85,31 @@ class PackLayout:
 
 
 class _PackParams(torch.autograd.Function):
+    """The gather and its backward, each with one call per list of tensors where there
+    was one per tensor (``torch._utils``' flatten / unflatten loop in C++): in an eager
+    step this node ran ~130 small tensor ops per layer on the host, ~0.8 ms."""
 
     @staticmethod
     def forward(ctx, layout, *params):
-        flat = torch.cat([params[0].new_zeros(1)] + [p.reshape(-1) for p in params])
+        flat = _flatten([params[0].new_zeros(1), *params])
         packed = flat[layout.gather]
         ctx.layout = layout
-        ctx.shapes = [(p.shape, p.dtype) for p in params]
+        ctx.params = params
         return tuple(t.view(shape) for t, shape in
-                     zip(packed.split([s.numel() for s in layout.shapes]), layout.shapes))
+                     zip(packed.split(layout.sizes), layout.shapes))
 
     @staticmethod
     def backward(ctx, *grads):
         layout = ctx.layout
         dtype = next(g.dtype for g in grads if g is not None)
-        packed = torch.cat([
-            g.reshape(-1) if g is not None else torch.zeros(
-                s.numel(), dtype=dtype, device=layout.gather.device)
+        packed = _flatten([
+            g if g is not None else torch.zeros(s, dtype=dtype, device=layout.gather.device)
             for g, s in zip(grads, layout.shapes)])
         flat = packed[layout.scatter]
-        out, offset = [], 0
-        for shape, dtype in ctx.shapes:
-            n = shape.numel()
-            out.append(flat[offset:offset + n].view(shape).to(dtype))
-            offset += n
-        return (None, *out)
+        # views of one buffer: autograd keeps them as the parameters' ``.grad`` as they are
+        out = _unflatten(flat, ctx.params)
+        return (None, *(g if g.dtype == p.dtype else g.to(p.dtype)
+                        for g, p in zip(out, ctx.params)))
 
 
 def source_params(ops) -> list:
