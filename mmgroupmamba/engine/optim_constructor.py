@@ -15,10 +15,10 @@ class MergedGroupsOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     With a ``paramwise_cfg`` the default constructor makes a group of every parameter.
     GroupMamba-T has 1192 of them (each of the four channel groups of a layer has its own
-    projections, norms and SSM parameters), so a Mask R-CNN model has ~1300 groups, and
-    PyTorch's AdamW runs its foreach kernels once per group: ~15,000 launches and ~100
-    ms of host time per step, more than the whole backbone's graphed step. Merged, the
-    same update is a handful of groups (decay / no decay, and any custom key's).
+    projections, norms and SSM parameters), so a Mask R-CNN model has ~1230 groups, and
+    PyTorch's AdamW runs its foreach kernels once per group (host time alone, on a CPU
+    with tiny tensors: 75 ms a step for 1300 groups, 19 ms for the same tensors in two).
+    Merged, the same update is a handful of groups (decay / no decay, custom keys).
 
     Schedulers scale every group's lr by the same factor, so merged groups keep equal
     settings. Optimizer states saved with per-parameter groups do not load into merged
