@@ -1,5 +1,6 @@
 """ImageNet configs (GroupMamba-T/S/B), one training step of each, evaluation of released
 weights with tools/test.py, and exact resumption with tools/train.py --resume."""
+import copy
 import glob
 import json
 import os
@@ -146,6 +147,41 @@ def test_no_weight_decay_on_1d_parameters_and_biases():
     assert settings(optim.optimizer) == settings(default.optimizer)
     order = [id(p) for g in optim.optimizer.param_groups for p in g['params']]
     assert sorted(order) == sorted(id(p) for p in model.parameters())
+
+
+def test_merged_groups_resume_from_per_parameter_groups():
+    """A run started with one parameter group per parameter (mmengine's default
+    constructor) resumes under MergedGroupsOptimWrapperConstructor: the saved state is
+    merged as the groups are, and the next step is the one the old optimizer takes."""
+    from mmengine.optim import build_optim_wrapper
+    from mmgroupmamba.models import GroupMamba
+    torch.manual_seed(0)
+    model = GroupMamba(MICRO_ARCH, drop_path_rate=0.)
+    twin = copy.deepcopy(model)
+    cfg = dict(optimizer=dict(type='AdamW', lr=1e-2, weight_decay=0.05),
+               paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.,
+                                  flat_decay_mult=0.))
+    old = build_optim_wrapper(model, copy.deepcopy(cfg))
+    x = torch.randn(2, 3, 32, 32)
+
+    def step(m, optim):
+        optim.zero_grad()
+        sum(o.square().mean() for o in m(x)).backward()
+        optim.step()
+
+    step(model, old)
+    twin.load_state_dict(model.state_dict())
+    new = build_optim_wrapper(twin, dict(copy.deepcopy(cfg),
+                                         constructor='MergedGroupsOptimWrapperConstructor'))
+    assert len(new.optimizer.param_groups) == 2 < len(old.optimizer.param_groups)
+    new.load_state_dict(copy.deepcopy(old.state_dict()))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        for key, value in old.optimizer.state[p].items():
+            assert torch.equal(new.optimizer.state[q][key], value), key
+    step(model, old)
+    step(twin, new)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
 
 
 # ------------------------------------------------------------------------ training
