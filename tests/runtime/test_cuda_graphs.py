@@ -317,6 +317,9 @@ def test_graphed_training_of_many_sizes_shares_memory():
     occurs, replays of different sizes in any order give the eager parameters and
     gradients, and a further size costs little memory (the graphs share their pool and
     fixed-address buffers; each used to hold a whole step's activations)."""
+    import gc
+    gc.collect()                 # graphs of earlier tests' models: their pools go now,
+    torch.cuda.empty_cache()     # not in the middle of the measurements
     eager, graphed = _train_pair(norm_eval=True)
     graphed.execution.max_cuda_graphs = 8
     opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, graphed)]
