@@ -4,8 +4,8 @@
 # same config with the backbone eager) and of mmdet's own Swin-T config
 # (swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py, from the installed mmdet) in one run, on
 # the same generated COCO-format data (image heights and widths drawn from 480-640, so
-# the 1333x800 keep-ratio pipeline makes about 20 batch sizes, as COCO makes a few
-# dozen), batch 2 per GPU: prints s/iter and peak memory of each (random backbones:
+# the 1333x800 keep-ratio pipeline makes ~17 batch sizes in 150 batches, as COCO makes
+# a few dozen), batch 2 per GPU: prints s/iter and peak memory of each (random backbones:
 # nothing can be downloaded). Needs mmcv built with its CUDA ops
 # (tools/misc/build_cuda_wheels.sh) and mmdet.
 #
