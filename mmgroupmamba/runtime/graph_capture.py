@@ -33,6 +33,13 @@ def without_autocast_cache(device_type: str):
     return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
 
 
+def capture_resources(device: torch.device) -> tuple:
+    """``(pool, stream)``: the memory pool that all graphs of one runner on ``device``
+    share, and the one stream they are captured on (the allocator reuses a freed block
+    of a pool only for allocations on the stream it was freed on)."""
+    return torch.cuda.graph_pool_handle(), torch.cuda.Stream(device)
+
+
 @contextlib.contextmanager
 def capture(graph: 'torch.cuda.CUDAGraph', pool, stream: 'torch.cuda.Stream'):
     """``torch.cuda.graph(graph, pool=pool, stream=stream)`` with Python's cyclic garbage

@@ -10,7 +10,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .graph_capture import (capture, capture_possible, input_signature,
+from .graph_capture import (capture, capture_possible, capture_resources, input_signature,
                             without_autocast_cache)
 
 
@@ -112,9 +112,7 @@ class GraphedInference:
                 self.forward(static_input)
         torch.cuda.current_stream(x.device).wait_stream(side)
         if x.device not in self._pools:
-            # one capture stream too: the allocator reuses a freed block of the pool only
-            # for allocations on the stream it was freed on
-            self._pools[x.device] = torch.cuda.graph_pool_handle(), torch.cuda.Stream(x.device)
+            self._pools[x.device] = capture_resources(x.device)
         pool, stream = self._pools[x.device]
         graph = torch.cuda.CUDAGraph()
         with capture(graph, pool, stream), without_autocast_cache(x.device.type):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .graph_capture import (capture, capture_possible, input_signature,
+from .graph_capture import (capture, capture_possible, capture_resources, input_signature,
                             without_autocast_cache)
 
 
@@ -270,8 +270,7 @@ class GraphedTraining:
             if len(self._steps) >= self.max_graphs:
                 return self.forward(x)
             if x.device not in self._capture:
-                self._capture[x.device] = (torch.cuda.graph_pool_handle(),
-                                           torch.cuda.Stream(x.device), _SharedMemory())
+                self._capture[x.device] = (*capture_resources(x.device), _SharedMemory())
             step = self._steps[key] = _StepGraphs(self.forward, self.module, x,
                                                   *self._capture[x.device])
         outs = _ReplayStep.apply(step, x, *step.params)
