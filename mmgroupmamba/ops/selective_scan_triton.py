@@ -36,13 +36,14 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   One segment per sequence (classification batches) is a single launch either way;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
-  floats) for the backward, which walks each segment's chunks in reverse, recomputes the
-  chunk's forward (states, LayerNorm statistics) from its entry state and runs the
-  reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t``; across segments the state
-  gradient (``(prod alpha, s)`` per segment) is carried from the right the same way as
-  the forward's state (carry pass and ``_exit_grad``, or look-back). Parameter gradients
-  are reduced per program, then over batch and segments in PyTorch (deterministic, no
-  atomics).
+  floats) and, with the fused LayerNorm, each row's mean and ``rstd`` for the backward,
+  which walks each segment's chunks in reverse, recomputes the chunk's states from its
+  entry state and runs the reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t`` as a scan
+  whose rows need only their own ``a_t`` (:func:`_combine_next`); across chunks and
+  segments it carries ``g = a s`` (the gradient reaching the state before a chunk) from
+  the right the same way as the forward's state (carry pass and ``_exit_grad``, or
+  look-back). Parameter gradients are reduced per program, then over batch and segments
+  in PyTorch (deterministic, no atomics).
 """
 import functools
 from typing import List, Optional, Tuple
@@ -117,6 +118,17 @@ SEG_BLOCK = 16
 def _combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2.
     return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _combine_next(a1, p1, e1, a2, p2, e2):
+    """Reverse-scan combine of ``s_t = e_t + a_(t+1) s_(t+1)`` without the shifted
+    ``a_(t+1)``: a run of rows ``i..j`` is ``(a_i, p = a_(i+1) .. a_j, e)`` with ``s_i = e
+    + p g_(j+1)``, ``g = a s`` the gradient reaching the state before a row; ``(a1, p1,
+    e1)`` is the run to the right. The backward thus recomputes no row's ``delta``
+    twice."""
+    q = p2 * a1
+    return a2, q * p1, e2 + q * e1
 
 
 @triton.jit
@@ -204,9 +216,10 @@ def _entry_state(h, seg_a_ptr, seg_h_ptr, pid, pid_s, n_seg, d, j, mask_d,
 @triton.jit
 def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
                SEG_BLOCK: tl.constexpr):
-    """Fold the carries of segments ``n_seg - 1`` down to ``pid_s + 1`` (each ``(prod
-    alpha, s from 0)`` at the segment's first position) into the state gradient entering
-    segment ``pid_s`` from the right, ``SEG_BLOCK`` carries at a time."""
+    """Fold the carries of segments ``n_seg - 1`` down to ``pid_s + 1`` (each the map
+    ``x -> s + p x`` of the gradient ``g`` reaching the state before the segment) into
+    the ``g`` entering segment ``pid_s`` from the right, ``SEG_BLOCK`` carries at a
+    time."""
     ss = tl.arange(0, SEG_BLOCK)
     n_after = n_seg - 1 - pid_s
     for base in range(0, n_after, SEG_BLOCK):
@@ -220,6 +233,16 @@ def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
         p_first, s_first = _row(p_c, s_loc, ss[:, None] == 0)
         s_c = s_first + p_first * s_c
     return s_c
+
+
+@triton.jit
+def _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Chunk ``k``'s record in the forward's saved states: the state leaving the chunk
+    (``d`` values), then with a fused LayerNorm its rows' mean and ``rstd`` (``BLOCK_L``
+    each), so that the backward does not reduce the rows again."""
+    if HAS_NORM:
+        return hs_ptr + (pid * n_chunks + k) * (d + 2 * BLOCK_L)
+    return hs_ptr + (pid * n_chunks + k) * d
 
 
 @triton.jit
@@ -443,7 +466,8 @@ def _scan_fwd_kernel(
             a_seg *= a_last
         else:
             if SAVE_STATES:
-                tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
+                record = _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L, HAS_NORM)
+                tl.store(record + j, h, mask=mask_d)
             Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
             y = hh * Cv[:, None]
             if HAS_D:
@@ -453,6 +477,9 @@ def _scan_fwd_kernel(
                 diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
                 rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
                 y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]
+                if SAVE_STATES:
+                    tl.store(record + d + rows, mean)
+                    tl.store(record + d + BLOCK_L + rows, rstd)
             if HAS_Z:
                 zv = tl.load(z_base + pos[:, None] * s_z_l + c[None, :] * s_z_c,
                              mask=mask2, other=0.).to(tl.float32)
@@ -491,8 +518,8 @@ def _scan_bwd_kernel(
         CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
     """One (batch, group, channel block, segment) per program, walking the segment's
     chunks backwards. ``CARRY_PASS``: run the reverse scan of the segment from a zero
-    gradient and store only its carry ``(prod alpha, s)`` at the segment's first
-    position; otherwise start from the later segments' carries and write the gradients
+    gradient and store only its carry (the map of ``g`` at the segment's first
+    position); otherwise start from the later segments' carries and write the gradients
     (parameter gradients as per-program partial sums). ``LOOK_BACK``: segments of one
     chunk, the carry from the chunks after it in the same launch (:func:`_look_back`)."""
     pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, seg_offset,
@@ -546,8 +573,8 @@ def _scan_bwd_kernel(
             mask_l, mask2, c, j, mask_d, g, d, A, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ,
             HAS_BIAS, SOFTPLUS)
         Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
-        h0 = tl.load(hs_ptr + (pid * n_chunks + k - 1) * d + j, mask=mask_d & (k > 0),
-                     other=0.)
+        h0 = tl.load(_record(hs_ptr, pid, k - 1, n_chunks, d, BLOCK_L, HAS_NORM) + j,
+                     mask=mask_d & (k > 0), other=0.)
         hh = h_loc + a_cum * h0[None, :]
 
         y = hh * Cv[:, None]
@@ -556,10 +583,11 @@ def _scan_bwd_kernel(
         go = tl.load(go_base + pos[:, None] * s_go_l + c[None, :] * s_go_c, mask=mask2,
                      other=0.).to(tl.float32)
         if HAS_NORM:
-            mean = tl.sum(y, axis=1) / d
-            diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
-            rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
-            xhat = diff * rstd[:, None]
+            # the forward's statistics of these rows (two row reductions fewer)
+            record = _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L, HAS_NORM)
+            mean = tl.load(record + d + rows)
+            rstd = tl.load(record + d + BLOCK_L + rows)
+            xhat = tl.where(mask_d[None, :], (y - mean[:, None]) * rstd[:, None], 0.)
             yn = xhat * lnw[None, :] + lnb[None, :]
         else:
             yn = y
@@ -587,22 +615,19 @@ def _scan_bwd_kernel(
         else:
             dy = gy
 
-        # ---- reverse scan s_t = a_(t+1) s_(t+1) + C_t dy_t, carried across chunks
-        l1 = seq + 1
-        mask_l1 = l1 < L
-        pos1 = _token_index(l1, L, H, W, direction)
-        v1, delta1 = _delta(dl_base, w_ptr, pos1, mask_l1, c, j, mask_d, g, d, s_dl_l,
-                            s_dl_c, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ, HAS_BIAS,
-                            SOFTPLUS)
-        alpha = tl.where(mask_l1[:, None], tl.exp(delta1 * A[None, :]), 0.)
+        # ---- reverse scan s_t = a_(t+1) s_(t+1) + C_t dy_t, carried across chunks as
+        # g = a s (the gradient reaching the state before a chunk), so that each row needs
+        # only its own a_t (:func:`_combine_next`)
+        a = tl.exp(delta * A[None, :])
         e = dy * Cv[:, None]
-        a_rcum, s_loc = tl.associative_scan((alpha, e), 0, _combine, reverse=True)
-        # the chunk's carry from a zero gradient: (prod alpha, s) at its first row
-        p_first, s_first = _row(a_rcum, s_loc, first_row)
+        _, p_loc, s_loc = tl.associative_scan((a, tl.full((BLOCK_L, BLOCK_D), 1., tl.float32),
+                                               e), 0, _combine_next, reverse=True)
+        # the chunk's carry from a zero gradient, in g: (a p, a s) at its first row
+        p_first, s_first = _row(a * p_loc, a * s_loc, first_row)
         if LOOK_BACK:
             s_carry = _look_back(p_first, s_first, lb_ptr, pid, k, n_chunks, d, j, mask_d,
                                  BLOCK_L, BLOCK_D, True)
-        s = s_loc + a_rcum * s_carry[None, :]
+        s = s_loc + p_loc * s_carry[None, :]
         s_carry = s_first + p_first * s_carry
         if CARRY_PASS:
             p_seg *= p_first
@@ -746,6 +771,12 @@ def _check_device(*tensors):
                                '(or TRITON_INTERPRET=1 for the CPU interpreter).')
 
 
+def saved_per_chunk(d: int, block_l: int, has_norm: bool) -> int:
+    """Floats per (sequence, chunk) the forward saves for the backward: the chunk's exit
+    state per channel, with a fused LayerNorm also each row's mean and ``rstd``."""
+    return d + 2 * block_l if has_norm else d
+
+
 class _Cfg:
     """Everything both kernels need besides the tensors."""
 
@@ -761,6 +792,8 @@ class _Cfg:
         self.n_seg, self.seg_chunks = _segments(
             self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
         self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
+        # floats the forward saves per chunk for the backward (:func:`_record`)
+        self.record = saved_per_chunk(d, block_l, flags['HAS_NORM'])
 
     def meta(self, per_thread):
         return dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
@@ -830,7 +863,7 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     cut into segments); returns the chunk-end states for the backward (or a
     placeholder)."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
-    hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
+    hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.record, **f32) if save_states
           else ops.A)
     args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
                 seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
@@ -1116,7 +1149,8 @@ def _grouped_scan_fake(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions, blo
     if not save_states:
         return out, u.new_empty(0, dtype=torch.float32)
     chunk = _block_l(max(16, _next_pow2(d)), True, block_l)
-    return out, u.new_empty(batch * G, (H * W + chunk - 1) // chunk, d, dtype=torch.float32)
+    return out, u.new_empty(batch * G, (H * W + chunk - 1) // chunk,
+                            saved_per_chunk(d, chunk, lnw is not None), dtype=torch.float32)
 
 
 def _grouped_scan_backward_op(
