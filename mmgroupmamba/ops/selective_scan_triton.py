@@ -36,10 +36,10 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   One segment per sequence (classification batches) is a single launch either way;
 * everything is computed in fp32; inputs and outputs may be fp16/bf16;
 * the forward keeps only the state at every chunk end (``B * G * L / BLOCK_L * d``
-  floats) and, with the fused LayerNorm, each row's mean and ``rstd`` for the backward,
-  which walks each segment's chunks in reverse, recomputes the chunk's states from its
-  entry state and runs the reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t`` as a scan
-  whose rows need only their own ``a_t`` (:func:`_combine_next`); across chunks and
+  floats) for the backward, which walks each segment's chunks in reverse, recomputes the
+  chunk's forward (states, LayerNorm statistics) from its entry state and runs the
+  reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t`` as a scan whose rows need only
+  their own ``a_t`` (:func:`_combine_next`); across chunks and
   segments it carries ``g = a s`` (the gradient reaching the state before a chunk) from
   the right the same way as the forward's state (carry pass and ``_exit_grad``, or
   look-back). Parameter gradients are reduced per program, then over batch and segments
@@ -88,7 +88,13 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # 0.072 0.034 | 0.484 0.276 0.348 0.166 (whole model fwd 1.72 -> 1.58, bwd 6.57 ->
 # 6.19; 16 x 512x512 2.83 -> 2.61, 11.33 -> 10.58). Leaving the dt projection's backward
 # to two batched GEMMs after the kernel (a full fp32 map of the gradient of ``dt``
-# instead of R row sums per chunk) was slower at every stage (stage 3: 0.476).
+# instead of R row sums per chunk) was slower at every stage (stage 3: 0.476). The
+# backward's reverse scan without the shifted ``delta`` (:func:`_combine_next`), bwd ms
+# per layer, H100: 2 x 800x1344 0.481 0.277 0.348 0.166 -> 0.452 0.264 0.318 0.162
+# (model 6.18 -> 5.76), 16 x 512x512 0.803 0.404 0.629 0.300 -> 0.737 0.384 0.577 0.292
+# (10.59 -> 9.82); saving the forward's LayerNorm mean and rstd per row for it instead
+# of two row reductions was slower (5.74 -> 5.85, 9.78 -> 10.01; forward 1.56 -> 1.61,
+# 2.61 -> 2.79) and is not done.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
@@ -233,16 +239,6 @@ def _exit_grad(s_c, seg_p_ptr, seg_s_ptr, pid, pid_s, n_seg, d, j, mask_d,
         p_first, s_first = _row(p_c, s_loc, ss[:, None] == 0)
         s_c = s_first + p_first * s_c
     return s_c
-
-
-@triton.jit
-def _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L: tl.constexpr, HAS_NORM: tl.constexpr):
-    """Chunk ``k``'s record in the forward's saved states: the state leaving the chunk
-    (``d`` values), then with a fused LayerNorm its rows' mean and ``rstd`` (``BLOCK_L``
-    each), so that the backward does not reduce the rows again."""
-    if HAS_NORM:
-        return hs_ptr + (pid * n_chunks + k) * (d + 2 * BLOCK_L)
-    return hs_ptr + (pid * n_chunks + k) * d
 
 
 @triton.jit
@@ -466,8 +462,7 @@ def _scan_fwd_kernel(
             a_seg *= a_last
         else:
             if SAVE_STATES:
-                record = _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L, HAS_NORM)
-                tl.store(record + j, h, mask=mask_d)
+                tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
             Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
             y = hh * Cv[:, None]
             if HAS_D:
@@ -477,9 +472,6 @@ def _scan_fwd_kernel(
                 diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
                 rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
                 y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]
-                if SAVE_STATES:
-                    tl.store(record + d + rows, mean)
-                    tl.store(record + d + BLOCK_L + rows, rstd)
             if HAS_Z:
                 zv = tl.load(z_base + pos[:, None] * s_z_l + c[None, :] * s_z_c,
                              mask=mask2, other=0.).to(tl.float32)
@@ -573,8 +565,8 @@ def _scan_bwd_kernel(
             mask_l, mask2, c, j, mask_d, g, d, A, bias, R, BLOCK_L, BLOCK_D, HAS_DT_PROJ,
             HAS_BIAS, SOFTPLUS)
         Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
-        h0 = tl.load(_record(hs_ptr, pid, k - 1, n_chunks, d, BLOCK_L, HAS_NORM) + j,
-                     mask=mask_d & (k > 0), other=0.)
+        h0 = tl.load(hs_ptr + (pid * n_chunks + k - 1) * d + j, mask=mask_d & (k > 0),
+                     other=0.)
         hh = h_loc + a_cum * h0[None, :]
 
         y = hh * Cv[:, None]
@@ -583,11 +575,10 @@ def _scan_bwd_kernel(
         go = tl.load(go_base + pos[:, None] * s_go_l + c[None, :] * s_go_c, mask=mask2,
                      other=0.).to(tl.float32)
         if HAS_NORM:
-            # the forward's statistics of these rows (two row reductions fewer)
-            record = _record(hs_ptr, pid, k, n_chunks, d, BLOCK_L, HAS_NORM)
-            mean = tl.load(record + d + rows)
-            rstd = tl.load(record + d + BLOCK_L + rows)
-            xhat = tl.where(mask_d[None, :], (y - mean[:, None]) * rstd[:, None], 0.)
+            mean = tl.sum(y, axis=1) / d
+            diff = tl.where(mask_d[None, :], y - mean[:, None], 0.)
+            rstd = 1. / tl.sqrt(tl.sum(diff * diff, axis=1) / d + eps)
+            xhat = diff * rstd[:, None]
             yn = xhat * lnw[None, :] + lnb[None, :]
         else:
             yn = y
@@ -633,7 +624,9 @@ def _scan_bwd_kernel(
             p_seg *= p_first
         else:
             # ---- y = C h + D u;  h_t = a_t h_(t-1) + delta_t B_t u_t, a_t = exp(delta_t A)
-            ah = hh - bx                                   # a_t h_(t-1)
+            # a_t h_(t-1); exactly 0 at a sequence's first position, where the
+            # difference would leave the rounding of bx
+            ah = tl.where(seq[:, None] == 0, 0., hh - bx)
             sd = s * delta
             g_C, g_B = tl.reduce((dy * hh, sd * u), 1, _add2)
             tl.store(dC_base + pos * s_dC_l, g_C, mask=mask_l)
@@ -771,12 +764,6 @@ def _check_device(*tensors):
                                '(or TRITON_INTERPRET=1 for the CPU interpreter).')
 
 
-def saved_per_chunk(d: int, block_l: int, has_norm: bool) -> int:
-    """Floats per (sequence, chunk) the forward saves for the backward: the chunk's exit
-    state per channel, with a fused LayerNorm also each row's mean and ``rstd``."""
-    return d + 2 * block_l if has_norm else d
-
-
 class _Cfg:
     """Everything both kernels need besides the tensors."""
 
@@ -792,8 +779,6 @@ class _Cfg:
         self.n_seg, self.seg_chunks = _segments(
             self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
         self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
-        # floats the forward saves per chunk for the backward (:func:`_record`)
-        self.record = saved_per_chunk(d, block_l, flags['HAS_NORM'])
 
     def meta(self, per_thread):
         return dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
@@ -863,7 +848,7 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     cut into segments); returns the chunk-end states for the backward (or a
     placeholder)."""
     f32 = dict(device=ops.u.device, dtype=torch.float32)
-    hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.record, **f32) if save_states
+    hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
           else ops.A)
     args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
                 seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
@@ -1149,8 +1134,7 @@ def _grouped_scan_fake(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions, blo
     if not save_states:
         return out, u.new_empty(0, dtype=torch.float32)
     chunk = _block_l(max(16, _next_pow2(d)), True, block_l)
-    return out, u.new_empty(batch * G, (H * W + chunk - 1) // chunk,
-                            saved_per_chunk(d, chunk, lnw is not None), dtype=torch.float32)
+    return out, u.new_empty(batch * G, (H * W + chunk - 1) // chunk, d, dtype=torch.float32)
 
 
 def _grouped_scan_backward_op(
