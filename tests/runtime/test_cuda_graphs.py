@@ -333,7 +333,7 @@ def test_graphed_training_of_many_sizes_shares_memory(monkeypatch):
               (2, 3, 192, 224), (1, 3, 224, 160)]
     torch.manual_seed(1)
     growth = []
-    for shape in shapes:
+    for step, shape in enumerate(shapes):
         x = torch.randn(shape, device='cuda')
         for model, opt in zip((eager, graphed), opts):
             opt.zero_grad(set_to_none=True)
@@ -343,10 +343,10 @@ def test_graphed_training_of_many_sizes_shares_memory(monkeypatch):
                 growth.append(_graph_pool_bytes() - before)
             opt.step()
         for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
-            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=name)
+            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=f'{name}, step {step}')
             if p.grad is not None:
                 torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4,
-                                           msg=f'grad of {name}')
+                                           msg=f'grad of {name}, step {step} {shape}')
     assert _num_graphs(graphed, 'training') == 3
     # the first capture fills the pool with a step's activations; the next (smaller)
     # sizes reuse them, and replays allocate nothing
