@@ -39,11 +39,11 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   floats) for the backward, which walks each segment's chunks in reverse, recomputes the
   chunk's forward (states, LayerNorm statistics) from its entry state and runs the
   reverse scan ``s_t = a_(t+1) s_(t+1) + dy_t C_t`` as a scan whose rows need only
-  their own ``a_t`` (:func:`_combine_next`); across chunks and
-  segments it carries ``g = a s`` (the gradient reaching the state before a chunk) from
-  the right the same way as the forward's state (carry pass and ``_exit_grad``, or
-  look-back). Parameter gradients are reduced per program, then over batch and segments
-  in PyTorch (deterministic, no atomics).
+  their own ``a_t`` (:func:`_combine_next`); across chunks and segments it carries ``g
+  = a s`` (the gradient reaching the state before a chunk) from the right the same way
+  as the forward's state (carry pass and ``_exit_grad``, or look-back). Parameter
+  gradients are reduced per program, then over batch and segments in PyTorch
+  (deterministic, no atomics).
 """
 import functools
 from typing import List, Optional, Tuple
