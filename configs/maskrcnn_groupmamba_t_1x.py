@@ -58,14 +58,17 @@ model = dict(
         # eval mode) while the BN affine parameters still train: mmdet's choice for
         # ResNet Mask R-CNN (norm_eval=True, requires_grad=True).
         norm_eval=True,
-        # how it runs (mmgroupmamba.execution.ExecutionPolicy): eagerly. Keep-ratio
-        # resizing to 1333x800 and padding to 32 make a few dozen batch sizes (~17 in
-        # 150 batches of the generated set, up to ~60 on COCO); training graphs serve
-        # one size at present (runtime.executor.MAX_TRAINING_SIGNATURES says why), so
-        # cuda_graph='train' would replay one size in dozens. with_cp=True: recompute
-        # blocks in the backward (much less activation memory); compile=True:
-        # torch.compile, dynamic in H and W.
-        execution=dict(scan_backend='auto', with_cp=False, cuda_graph=False),
+        # how it runs (mmgroupmamba.execution.ExecutionPolicy). Training steps replay
+        # CUDA graphs of the backbone's forward and backward, one pair per batch size:
+        # keep-ratio resizing to 1333x800 and padding to 32 make a few dozen sizes
+        # (~17 in 150 batches of the generated set, up to ~60 on COCO), each captured when it
+        # first occurs (a few seconds), all sharing one step's memory; sizes beyond
+        # max_cuda_graphs run eagerly. Testing runs eagerly (batch 1, every image its
+        # own size). with_cp=True: recompute blocks in the backward (much less
+        # activation memory); compile=True with cuda_graph=False: torch.compile,
+        # dynamic in H and W, in place of the graphs.
+        execution=dict(scan_backend='auto', with_cp=False, cuda_graph='train',
+                       max_cuda_graphs=64),
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 348, 448]))
 

@@ -47,11 +47,11 @@ class ExecutionPolicy:
         cuda_graph: replay CUDA graphs of the backbone's forward (``'infer'``), of its
             training forward and backward (``'train'``), or both (``True``); see
             :mod:`mmgroupmamba.runtime`.
-        max_cuda_graphs: input signatures (shape, dtype, autocast) that get an
-            inference graph; others run eagerly. The graphs share their memory, so a new
-            signature costs its capture, not another step's activations. Training
-            graphs one signature for now (the first; others run eagerly:
-            ``runtime.executor.MAX_TRAINING_SIGNATURES`` says why).
+        max_cuda_graphs: input signatures (shape, dtype, autocast) that get a graph,
+            for inference and for training each; others run eagerly. The graphs of one
+            kind share their memory, so a new signature costs its capture (a few warm-up
+            steps, once), not another step's activations: raise it where batches come in
+            many sizes (a detector's keep-ratio resize and padding to 32: a few dozen).
         compile: ``torch.compile`` the backbone's forward, dynamic in H and W (``True``,
             or a dict of ``torch.compile`` arguments). Not together with ``cuda_graph``.
     """

@@ -20,14 +20,6 @@ from .graphed_inference import GraphedInference
 from .graphed_training import GraphedTraining
 
 
-# Training graphs of more than one input signature share their memory pool and buffers
-# (:class:`GraphedTraining`); on an H100 (2026-12-06) that path's gradients differed from
-# eager ones in its GPU test (tests/runtime/test_cuda_graphs.py, sizes alternating), cause
-# not yet found. Until it passes, training graphs one signature and runs the others
-# eagerly (a path whose GPU tests pass): a wrong gradient must not be a silent result.
-MAX_TRAINING_SIGNATURES = 1
-
-
 class Runners:
     """The runtime state of one module: its inference graphs, its training graphs and
     its compiled forward, each built on first use."""
@@ -97,9 +89,9 @@ def execute(module: nn.Module, forward: Callable, x: torch.Tensor):
                               f'{policy.cuda_graph!r}): the training step runs eagerly: '
                               f'{state.training_blocker}.')
         if not state.training_blocker:
-            max_graphs = min(policy.max_cuda_graphs, MAX_TRAINING_SIGNATURES)
-            if state.training is None or state.training.max_graphs != max_graphs:
-                state.training = GraphedTraining(forward, module, max_graphs=max_graphs,
+            if state.training is None or state.training.max_graphs != policy.max_cuda_graphs:
+                state.training = GraphedTraining(forward, module,
+                                                 max_graphs=policy.max_cuda_graphs,
                                                  extra_key=lambda: signature(module))
             return state.training(x)
     return forward(x)

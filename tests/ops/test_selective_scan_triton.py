@@ -354,7 +354,7 @@ _INTERPRET_SCRIPT = '''
                                                         set_tuning)
     for look_back in (1, 0):
         set_tuning(fwd_look_back=look_back, bwd_look_back=look_back)
-        for shape, seg_chunks in [((2, 5, 13, 3, 2), 2), ((1, 7, 9, 5, 1), 3),
+        for shape, seg_chunks in [((2, 5, 13, 3, 2), 2), ((1, 7, 9, 5, 3), 3),
                                   ((1, 9, 37, 2, 1), 1)]:
             a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
             y = grouped_selective_scan_triton(**a, _block_l=16, _seg_chunks=seg_chunks)

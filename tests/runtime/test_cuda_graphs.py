@@ -12,6 +12,11 @@ from mmgroupmamba.runtime import runners
 from mmgroupmamba.runtime.executor import training_graph_blocker
 
 SMALL = 'demo'  # GroupMamba.arch_zoo['demo']
+# fp32 graphed-vs-eager comparisons without TF32: cuDNN's convolutions (the stem's, the
+# downsamplings') default to TF32, whose rounding differs between the algorithms cuDNN
+# picks for two runs; over a few SGD steps that alone moved gradients past 1e-4 (an H100,
+# eager against eager as well), while with TF32 off they stay under a tenth of it
+pytestmark = pytest.mark.usefixtures('_no_tf32')
 
 
 def _eager(model, x):
@@ -312,17 +317,11 @@ def _graph_pool_bytes():
 
 
 @requires_cuda
-@pytest.mark.xfail(reason='on an H100 (2026-12-06) the gradients of the replays differed '
-                          'from eager ones (first: patch_embeds.0.proj.bias); the '
-                          'executor graphs one training signature until this passes',
-                   strict=False)
-def test_graphed_training_of_many_sizes_shares_memory(monkeypatch):
+def test_graphed_training_of_many_sizes_shares_memory():
     """Detection batches come in a few dozen sizes: each gets its graphs when it first
     occurs, replays of different sizes in any order give the eager parameters and
     gradients, and a further size costs little memory (the graphs share their pool and
     fixed-address buffers; each used to hold a whole step's activations)."""
-    from mmgroupmamba.runtime import executor
-    monkeypatch.setattr(executor, 'MAX_TRAINING_SIGNATURES', 8)
     import gc
     gc.collect()                 # graphs of earlier tests' models: their pools go now,
     torch.cuda.empty_cache()     # not in the middle of the measurements

@@ -170,8 +170,8 @@ def test_1x_config_matches_the_paper_recipe(cfg_1x):
     assert (bb.type, bb.arch, tuple(bb.out_indices)) == ('GroupMamba', 'tiny', (0, 1, 2, 3))
     assert bb.final_norm and bb.norm_eval and bb.drop_path_rate == 0.2
     assert bb.init_cfg.type == 'Pretrained' and bb.init_cfg.checkpoint
-    # eager: batches come in a few dozen sizes, training graphs serve one at present
-    assert bb.execution.cuda_graph is False
+    # training steps replay CUDA graphs, one per batch size (a few dozen on COCO)
+    assert bb.execution.cuda_graph == 'train' and bb.execution.max_cuda_graphs >= 48
     assert cfg_1x.model.neck.in_channels == [64, 128, 348, 448]
     opt = cfg_1x.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 0.05)
