@@ -69,20 +69,24 @@ requires_triton_interpreter = pytest.mark.skipif(
     reason='needs Triton (its CPU interpreter) on a machine without CUDA')
 
 
-def run_in_triton_interpreter(body: str, timeout: float = 3000):
+# Seconds before an interpreter script counts as hung. The interpreter runs an
+# associative scan with a custom combine element by element in Python, and the
+# compiled-backbone script (a three-operand reverse scan in every scan backward since
+# 72f30da) ran past a former 1500 s on a 2-core machine (alone, too: 1506 s when stopped).
+INTERPRETER_TIMEOUT_S = 3000
+
+
+def run_in_triton_interpreter(body: str):
     """Run ``body`` (Python, with the test folders and the repository importable) under
-    ``TRITON_INTERPRET=1``; it must print ``interpreter ok`` at the end. ``timeout``
-    guards against a hang: the interpreter runs an associative scan with a custom
-    combine element by element in Python, and the compiled-backbone script (a
-    three-operand reverse scan in every scan backward since 72f30da) ran past the
-    former 1500 s on a 2-core machine (alone, too: 1506 s when it was stopped)."""
+    ``TRITON_INTERPRET=1``; it must print ``interpreter ok`` at the end."""
     import subprocess
     import sys
     import textwrap
     script = (f'import sys; sys.path[:0] = {[REPO_ROOT, *TEST_DIRS]!r}\n'
               + textwrap.dedent(body))
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            env=dict(os.environ, TRITON_INTERPRET='1'), timeout=timeout)
+                            env=dict(os.environ, TRITON_INTERPRET='1'),
+                            timeout=INTERPRETER_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'interpreter ok' in result.stdout
 
