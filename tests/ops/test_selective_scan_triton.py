@@ -186,27 +186,6 @@ def test_fused_grouped_scan_long_sequences_fp32(batch, H, W, d, look_back):
 
 
 @requires_triton_gpu
-@pytest.mark.parametrize('window', [8, 64])
-def test_look_back_window_is_only_a_launch_setting(window, _restore_tuning):
-    """The look-back reads ``TUNING['look_back_window']`` chunks per step (at least a
-    chunk's rows): 8 (one step per 8 chunks at 87 channels) and 64 give the same
-    results, forward and gradients, fp32, L = 67,200."""
-    from mmgroupmamba.ops.selective_scan_triton import (grouped_selective_scan_triton,
-                                                        set_tuning)
-    set_tuning(look_back_window=window)
-    inp, ref = _long_inputs(2, 200, 336, torch.float32)
-    y = grouped_selective_scan_triton(**inp)
-    y_ref = grouped_selective_scan_torch(**ref)
-    torch.testing.assert_close(y.double(), y_ref, atol=1e-4 * y_ref.abs().max().item(),
-                               rtol=1e-4)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    y_ref.backward(grad.double())
-    _assert_grads_close({k: g.double() for k, g in _grads(inp).items()}, _grads(ref),
-                        rtol=1e-4, msg=f'window {window}')
-
-
-@requires_triton_gpu
 @pytest.mark.parametrize('batch,H,W', [(2, 200, 336), (1, 400, 500)])
 def test_fused_grouped_scan_long_sequences_bf16(batch, H, W, look_back):
     from mmgroupmamba.ops.selective_scan_triton import grouped_selective_scan_triton
