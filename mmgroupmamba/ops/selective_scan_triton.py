@@ -101,8 +101,7 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # -> 9.73).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
-              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
-              look_back_window=8)
+              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
 
 
 def set_tuning(**kwargs):
@@ -322,6 +321,28 @@ def _unpack(x):
 
 
 @triton.jit
+def _read_slots(inc_ptr, agg_ptr, mask_d, first_row, spread):
+    """``(inclusive p, s, ready, aggregate p, s, ready)`` of one chunk's two slots, the
+    same in every thread of the program.
+
+    A (BLOCK_D,) vector is held by several threads at once, each loading it itself; a
+    slot written between two copies' loads would be ready in one copy and not in another
+    (seen on an H100: whole rows of a chunk with garbage carries). So one copy is taken
+    for all: the loaded vectors are broadcast over the tile's rows (where each element
+    has one owner) and row 0 comes back out by a reduction, identical in every thread;
+    the readiness is checked on those values. A slot is ready when both of its halves
+    are written (:func:`_pack`) for every channel."""
+    x_inc = tl.load(inc_ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
+    x_agg = tl.load(agg_ptr, mask=mask_d, other=0, volatile=True)[None, :] + spread
+    x_inc, x_agg = tl.reduce((tl.where(first_row, x_inc, 0), tl.where(first_row, x_agg, 0)),
+                             0, _add2)
+    inc_p, inc_s, inc_w = _unpack(x_inc)
+    agg_p, agg_s, agg_w = _unpack(x_agg)
+    inc_w, agg_w = tl.reduce((inc_w, agg_w), 0, _min2)
+    return inc_p, inc_s, inc_w == 1, agg_p, agg_s, agg_w == 1
+
+
+@triton.jit
 def _chunk_ticket(lb_ptr, n_chunks, REVERSE: tl.constexpr):
     """``(batch * G + group, channel block, chunk)`` of this program, in the order the
     programs arrive (a counter, not the program id): every chunk a program waits for
@@ -339,7 +360,7 @@ def _chunk_ticket(lb_ptr, n_chunks, REVERSE: tl.constexpr):
 
 @triton.jit
 def _look_back(p, s, lb_ptr, pid, k, n_chunks, d, j, mask_d,
-               WINDOW: tl.constexpr, BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
+               BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, REVERSE: tl.constexpr):
     """The carry entering chunk ``k`` of a sequence, a one-pass scan across chunks
     (decoupled look-back): publish the chunk's own ``(p, s)`` (the affine map ``x -> s +
     p x`` it applies to the carry), compose the maps of the chunks before it (to the left,
@@ -347,17 +368,7 @@ def _look_back(p, s, lb_ptr, pid, k, n_chunks, d, j, mask_d,
     publish this chunk's inclusive result. Waiting happens only on chunks of earlier
     programs (:func:`_chunk_ticket`). ``lb_ptr``: the buffer of
     :func:`_look_back_buffer` (the counter, then the aggregates, then the inclusive
-    results, one slot per sequence, chunk and channel).
-
-    The walk reads ``WINDOW`` chunks per step, one per row of a tile (the nearest in the
-    last row): the programs in flight publish their aggregates at about the same time,
-    and a walk of one chunk per memory round trip made each of them wait as many round
-    trips as there were chunks between it and the nearest inclusive result, so that the
-    inclusive results advanced about one chunk per round trip. Each slot is loaded by one
-    thread (the tile has one owner per element), so every thread sees the same slots
-    and takes the same branch. A step uses the longest run of ready chunks ending at the
-    nearest one, up to and including the nearest inclusive result in it; chunks before
-    the sequence read as an inclusive zero state."""
+    results, one slot per sequence, chunk and channel)."""
     agg_ptr = lb_ptr + 1
     inc_ptr = agg_ptr + tl.num_programs(0) * n_chunks * d
     tl.store(agg_ptr + (pid * n_chunks + k) * d + j, _pack(p, s), mask=mask_d)
@@ -365,35 +376,23 @@ def _look_back(p, s, lb_ptr, pid, k, n_chunks, d, j, mask_d,
         step = -1
     else:
         step = 1
-    rows = tl.arange(0, WINDOW)
-    last_row = rows[:, None] == WINDOW - 1
+    first_row = (tl.arange(0, BLOCK_L) == 0)[:, None]
+    spread = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.int64)
     acc_p = tl.full((BLOCK_D, ), 1., dtype=tl.float32)
     acc_s = tl.zeros((BLOCK_D, ), dtype=tl.float32)
-    idx = k - step                                  # the nearest chunk not yet composed
+    idx = k - step
     while (idx >= 0) & (idx < n_chunks):
-        chunk = idx - step * (WINDOW - 1 - rows)    # row WINDOW - 1 is chunk idx
-        inside = (chunk >= 0) & (chunk < n_chunks)
-        off = (pid * n_chunks + chunk)[:, None] * d + j[None, :]
-        m = inside[:, None] & mask_d[None, :]
-        inc_p, inc_s, inc_w = _unpack(tl.load(inc_ptr + off, mask=m, other=0,
-                                              volatile=True))
-        agg_p, agg_s, agg_w = _unpack(tl.load(agg_ptr + off, mask=m, other=0,
-                                              volatile=True))
-        inc_ready, agg_ready = tl.reduce((inc_w, agg_w), 1, _min2)   # all channels
-        last_unready = tl.max(tl.where((inc_ready | agg_ready) == 0, rows, -1), 0)
-        nearest_inc = tl.max(tl.where((inc_ready == 1) & (rows > last_unready), rows, -1), 0)
-        first = tl.maximum(nearest_inc, last_unready + 1)
-        take = (rows >= first)[:, None]
-        use_inc = (rows == nearest_inc)[:, None]
-        p_c, s_c = tl.associative_scan(
-            (tl.where(take, tl.where(use_inc, inc_p, agg_p), 1.),
-             tl.where(take, tl.where(use_inc, inc_s, agg_s), 0.)), 0, _combine)
-        p_w, s_w = _row(p_c, s_c, last_row)         # the window's map, farthest first
-        acc_s += acc_p * s_w
-        acc_p *= p_w
-        # an inclusive result ends the walk; else it goes on past the chunks taken (none:
-        # the nearest is not ready, read again)
-        idx = tl.where(nearest_inc >= 0, -1, idx - step * (WINDOW - first))
+        off = (pid * n_chunks + idx) * d + j
+        inc_p, inc_s, inc_ready, agg_p, agg_s, agg_ready = _read_slots(
+            inc_ptr + off, agg_ptr + off, mask_d, first_row, spread)
+        p_i = tl.where(inc_ready, inc_p, agg_p)
+        s_i = tl.where(inc_ready, inc_s, agg_s)
+        ready = inc_ready | agg_ready
+        acc_s = tl.where(ready, acc_s + acc_p * s_i, acc_s)
+        acc_p = tl.where(ready, acc_p * p_i, acc_p)
+        # an inclusive result ends the walk; an aggregate moves it one chunk on; neither:
+        # read the same chunk again
+        idx = tl.where(inc_ready, -1, tl.where(agg_ready, idx - step, idx))
     tl.store(inc_ptr + (pid * n_chunks + k) * d + j, _pack(p, s + p * acc_s), mask=mask_d)
     return acc_s
 
@@ -411,7 +410,7 @@ def _scan_fwd_kernel(
         hs_ptr, seg_a_ptr, seg_h_ptr, dir_ptr, lb_ptr,
         L, H, W, d, n_chunks, seg_chunks, n_seg, eps,
         G: tl.constexpr, R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-        SEG_BLOCK: tl.constexpr, LB_WINDOW: tl.constexpr,
+        SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
         SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
@@ -458,8 +457,8 @@ def _scan_fwd_kernel(
         # the chunk's carry from a zero state: (prod a, h) at its last row
         a_last, h_last = _row(a_cum, h_loc, last_row)
         if LOOK_BACK:
-            h = _look_back(a_last, h_last, lb_ptr, pid, k, n_chunks, d, j, mask_d,
-                           LB_WINDOW, BLOCK_D, False)
+            h = _look_back(a_last, h_last, lb_ptr, pid, k, n_chunks, d, j, mask_d, BLOCK_L,
+                           BLOCK_D, False)
         hh = h_loc + a_cum * h[None, :]
         # state leaving the chunk (its last row), carried into the next one
         h = h_last + a_last * h
@@ -510,7 +509,6 @@ def _scan_bwd_kernel(
         L, H, W, d, n_chunks, seg_chunks, n_seg, seg_offset, eps,
         G: tl.constexpr, R: tl.constexpr, BLOCK_R: tl.constexpr,
         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SEG_BLOCK: tl.constexpr,
-        LB_WINDOW: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
         CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
@@ -623,7 +621,7 @@ def _scan_bwd_kernel(
         p_first, s_first = _row(a * p_loc, a * s_loc, first_row)
         if LOOK_BACK:
             s_carry = _look_back(p_first, s_first, lb_ptr, pid, k, n_chunks, d, j, mask_d,
-                                 LB_WINDOW, BLOCK_D, True)
+                                 BLOCK_L, BLOCK_D, True)
         s = s_loc + p_loc * s_carry[None, :]
         s_carry = s_first + p_first * s_carry
         if CARRY_PASS:
@@ -794,7 +792,6 @@ class _Cfg:
     def meta(self, per_thread):
         return dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
                     BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
-                    LB_WINDOW=max(self.block_l, _next_pow2(TUNING['look_back_window'])),
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
 
     def sizes(self, one_pass=False):

@@ -48,12 +48,11 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                  HAS_NORM=True)
     for carry, look_back in ((False, False), (True, False), (False, True)):
         compile_kernel(sst._scan_fwd_kernel, dict(G=4, R=6, BLOCK_L=16, BLOCK_D=128,
-                                                  SEG_BLOCK=16, LB_WINDOW=16,
-                                                  SAVE_STATES=not carry,
+                                                  SEG_BLOCK=16, SAVE_STATES=not carry,
                                                   CARRY_PASS=carry, LOOK_BACK=look_back,
                                                   **flags), 4)
         compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
-                                                  BLOCK_D=128, SEG_BLOCK=16, LB_WINDOW=32,
+                                                  BLOCK_D=128, SEG_BLOCK=16,
                                                   CARRY_PASS=carry, LOOK_BACK=look_back,
                                                   **flags), 8)
     for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
