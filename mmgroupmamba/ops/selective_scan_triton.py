@@ -98,7 +98,12 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # (rows, ranks, channels) products instead of one row and one column reduction per rank,
 # bwd ms per layer, H100: 2 x 800x1344 0.453 0.266 0.320 0.161 -> 0.447 0.262 0.323 0.152
 # (5.78 -> 5.75), 16 x 512x512 0.738 0.383 0.578 0.292 -> 0.723 0.375 0.581 0.276 (9.82
-# -> 9.73).
+# -> 9.73). A look-back reading several chunks per step (the slots of ``BLOCK_L``
+# predecessors loaded as one tile, their maps composed by one scan) instead of one
+# chunk per step was slower and is not done: ``--dense --profile``, H100, 2 x 800x1344
+# training step, scan backward 4.55 -> 5.40 ms, forward 1.54 -> 2.13 ms (a window of 8
+# chunks at stages 3-4; windows of 32 were slower still in per-call timings), 16 x 512x512
+# scan share 18.7% -> 22.9% (two runs on different days).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
