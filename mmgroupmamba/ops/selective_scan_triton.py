@@ -102,8 +102,9 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # predecessors loaded as one tile, their maps composed by one scan) instead of one
 # chunk per step was slower and is not done: ``--dense --profile``, H100, 2 x 800x1344
 # training step, scan backward 4.55 -> 5.40 ms, forward 1.54 -> 2.13 ms (a window of 8
-# chunks at stages 3-4; windows of 32 were slower still in per-call timings), 16 x 512x512
-# scan share 18.7% -> 22.9% (two runs on two machines, not one run).
+# chunks at stages 3-4; a window of 32 was slower still, but only in per-call timings
+# that included the host's launch time), 16 x 512x512 scan share 18.7% -> 22.9% (two
+# runs on two machines, not one run).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
