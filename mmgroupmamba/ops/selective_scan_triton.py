@@ -107,14 +107,15 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # runs on two machines, not one run).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
-              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1)
+              split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
+              fwd_max_registers=0, bwd_max_registers=0)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
     ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
-    ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``); returns the previous
-    values."""
+    ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``, ``fwd_max_registers``,
+    ``bwd_max_registers``); returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -795,10 +796,13 @@ class _Cfg:
             self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
         self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
 
-    def meta(self, per_thread):
-        return dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
+    def meta(self, per_thread, max_registers=0):
+        meta = dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
                     BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
+        if max_registers and not triton_interpreting():
+            meta['maxnreg'] = max_registers       # ptxas's cap per thread (occupancy)
+        return meta
 
     def sizes(self, one_pass=False):
         """The kernels' scalar arguments (sizes, ``eps``); ``one_pass``: segments of
@@ -867,7 +871,7 @@ def _forward(cfg, ops, out, so, dirs, save_states):
           else ops.A)
     args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
                 seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
-                **cfg.meta(TUNING['fwd_per_thread']))
+                **cfg.meta(TUNING['fwd_per_thread'], TUNING['fwd_max_registers']))
     if _one_pass(cfg, 'fwd_look_back'):
         args.update(cfg.sizes(one_pass=True), lb_ptr=_look_back_buffer(cfg, ops.u.device))
         _scan_fwd_kernel[cfg.grid(cfg.n_chunks)](
@@ -904,7 +908,7 @@ def _backward(cfg, ops, grad_args):
               if ops.w is not None else slabs[0])
     args = dict(ops.kernel_args(), **grad_args, seg_p_ptr=ops.A, seg_s_ptr=ops.A,
                 lb_ptr=ops.A, dw_ptr=w_part, **cfg.sizes(one_pass),
-                **cfg.meta(_bwd_tile(cfg.block_d, cfg.grouped)[1]),
+                **cfg.meta(_bwd_tile(cfg.block_d, cfg.grouped)[1], TUNING['bwd_max_registers']),
                 BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))))
     args.update({f'd{name}_ptr': partial_sums.get(name, slabs[0])
                  for name in ('A', 'D', 'bias', 'lnw', 'lnb')})
