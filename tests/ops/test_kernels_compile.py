@@ -29,7 +29,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                  'ds_part_ptr', 'dwb_part_ptr', 'gp_ptr', 'seg_a_ptr', 'seg_h_ptr',
                  'seg_p_ptr', 'seg_s_ptr', 'sum_ptr', 'gs_ptr'}
 
-    def compile_kernel(fn, consts, num_warps, num_stages=3, all_fp32=False):
+    def compile_kernel(fn, consts, num_warps, num_stages=3, all_fp32=False, maxnreg=None):
         sig = {}
         for name in fn.arg_names:
             if name in consts:
@@ -42,7 +42,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                 sig[name] = 'fp32' if name == 'eps' else 'i32'
         return triton.compile(ASTSource(fn, sig, constexprs=consts),
                               target=GPUTarget('cuda', 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=dict(num_warps=num_warps, num_stages=num_stages,
+                                           maxnreg=maxnreg))
 
     flags = dict(HAS_DT_PROJ=True, HAS_BIAS=True, SOFTPLUS=True, HAS_D=True, HAS_Z=True,
                  HAS_NORM=True)
@@ -55,6 +56,12 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                                                   BLOCK_D=128, SEG_BLOCK=16,
                                                   CARRY_PASS=carry, LOOK_BACK=look_back,
                                                   **flags), 8)
+    # the register cap of TUNING['bwd_max_registers'] reaches ptxas
+    capped = compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=8,
+                                                       BLOCK_D=128, SEG_BLOCK=16,
+                                                       CARRY_PASS=False, LOOK_BACK=True,
+                                                       **flags), 4, maxnreg=128)
+    assert '.maxnreg 128' in capped.asm['ptx']
     for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
                                                      BLOCK_C=32, PREFETCH=True)),
                        (dwconv._dw_fwd_kernel, dict(ACT=0, HAS_BIAS=False, FLIP=True,
