@@ -104,7 +104,16 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # training step, scan backward 4.55 -> 5.40 ms, forward 1.54 -> 2.13 ms (a window of 8
 # chunks at stages 3-4; a window of 32 was slower still, but only in per-call timings
 # that included the host's launch time), 16 x 512x512 scan share 18.7% -> 22.9% (two
-# runs on two machines, not one run).
+# runs on two machines, not one run). A register cap per thread (``fwd_max_registers`` /
+# ``bwd_max_registers``, ptxas's ``maxnreg``; compiled offline for sm_90 with Triton
+# 3.8, not the GPU machine's 3.6, ptxas gives the backward 255 registers with spills at
+# every tile tried, which leaves room for two 4-warp programs per SM) was slower:
+# training forward + backward, ms per layer by stage, H100, 2 x 800x1344, one run:
+# uncapped 0.613 0.341 0.394 0.191 (whole model 7.32), backward capped at 168 registers
+# 0.698 0.380 0.449 0.245 (8.39), at 128 0.791 0.425 0.477 0.267 (9.17; with the
+# forward also at 128: 8.98), at 96: 12.13; at 128 with 2048-element tiles (16 or 8
+# per thread) 9.63 / 9.74, with 512-element tiles 8.80. More programs per SM do not pay
+# for the spills, so both stay at 0 (the compiler's choice).
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
