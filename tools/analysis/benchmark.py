@@ -414,11 +414,12 @@ def scan_sweep(args, device):
     shapes_of = [(args.batch_size, args.img_size)] if not args.dense else [
         (b, (h, w)) for b, h, w in DENSE_SHAPES]
     # (tile, elements per thread, programs per SM with a carry pass, or 0: one pass with
-    # a look-back across one-chunk segments)
+    # a look-back across one-chunk segments[, ptxas's register cap per thread])
     fwd_grid = [(2048, 16, 4), (2048, 16, 8), (4096, 16, 8), (1024, 8, 8), (2048, 16, 0),
-                (4096, 16, 0), (4096, 8, 0), (1024, 8, 0), (1024, 4, 0)]
+                (4096, 16, 0), (4096, 8, 0), (1024, 8, 0), (1024, 4, 0), (2048, 16, 0, 128)]
     bwd_grid = [(1024, 8, 4), (1024, 8, 8), (2048, 8, 8), (512, 4, 8), (1024, 8, 0),
-                (2048, 8, 0), (2048, 16, 0), (512, 4, 0), (512, 8, 0), (256, 4, 0)]
+                (2048, 8, 0), (2048, 16, 0), (512, 4, 0), (512, 8, 0), (256, 4, 0),
+                (1024, 8, 0, 168), (1024, 8, 0, 128)]
     saved = dict(sst.TUNING)
     for batch, img in shapes_of:
         args.img_size = img
@@ -458,14 +459,17 @@ def scan_sweep(args, device):
                 ('inference forward', 'fwd', fwd_grid, forward_call),
                 ('training forward + backward', 'bwd', bwd_grid, training_call)):
             print(f'{title} (ms per layer | whole model):')
-            for tile, per_thread, per_sm in grid:
-                sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread},
-                               programs_per_sm=per_sm or saved['programs_per_sm'],
-                               **{f'{prefix}_look_back': int(per_sm == 0)})
+            for tile, per_thread, per_sm, *cap in grid:
+                cap = cap[0] if cap else 0
+                sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread,
+                                  f'{prefix}_look_back': int(per_sm == 0),
+                                  f'{prefix}_max_registers': cap},
+                               programs_per_sm=per_sm or saved['programs_per_sm'])
                 times = [_time_ms(make_call(hw, d, R), device, args.iters)
                          for hw, d, R, _ in shapes]
                 total = sum(tm * s[3] for tm, s in zip(times, shapes))
                 split = f'programs/SM {per_sm:>2}' if per_sm else 'look-back     '
+                split += f' registers <= {cap:>3}' if cap else ' ' * 17
                 print(f'  {prefix}_tile {tile:>5} per_thread {per_thread:>2} {split}: '
                       + '  '.join(f'{tm:7.3f}' for tm in times)
                       + f'  | {total:7.2f} ms', flush=True)
