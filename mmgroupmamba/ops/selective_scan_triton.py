@@ -114,8 +114,8 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # forward also at 128: 8.98), at 96: 12.13; at 128 with 2048-element tiles (16 or 8
 # per thread) 9.63 / 9.74, with 512-element tiles 8.80. More programs per SM do not pay
 # for the spills, so both stay at 0 (the compiler's choice). What the look-back costs
-# (a timing probe with ``_look_back`` replaced, its results wrong; same run, same
-# table): publishing the aggregate only and never waiting 0.489 0.273 0.370 0.158
+# (a timing probe with ``_look_back`` replaced, its results wrong; per layer as above,
+# one run of its own on another H100 machine): publishing the aggregate only and never waiting 0.489 0.273 0.370 0.158
 # (6.37), one read of the preceding chunk's slots instead of the walk 0.653 0.371 0.394
 # 0.203 (7.59), the carry pass instead of the look-back 0.662 0.371 0.515 0.259 (8.88),
 # against 0.612 0.341 0.393 0.190 (7.31): at most about an eighth of the scan time is
