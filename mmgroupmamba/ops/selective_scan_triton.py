@@ -115,11 +115,12 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # per thread) 9.63 / 9.74, with 512-element tiles 8.80. More programs per SM do not pay
 # for the spills, so both stay at 0 (the compiler's choice). What the look-back costs
 # (a timing probe with ``_look_back`` replaced, its results wrong; per layer as above,
-# one run of its own on another H100 machine): publishing the aggregate only and never waiting 0.489 0.273 0.370 0.158
-# (6.37), one read of the preceding chunk's slots instead of the walk 0.653 0.371 0.394
-# 0.203 (7.59), the carry pass instead of the look-back 0.662 0.371 0.515 0.259 (8.88),
-# against 0.612 0.341 0.393 0.190 (7.31): at most about an eighth of the scan time is
-# the look-back, little of it at stage 3; the rest is the chunks' own work.
+# one run of its own on another H100 machine): publishing the aggregate only and never
+# waiting 0.489 0.273 0.370 0.158 (6.37), one read of the preceding chunk's slots
+# instead of the walk 0.653 0.371 0.394 0.203 (7.59), the carry pass instead of the
+# look-back 0.662 0.371 0.515 0.259 (8.88), against 0.612 0.341 0.393 0.190 (7.31): at
+# most about an eighth of the scan time is the look-back, little of it at stage 3; the
+# rest is the chunks' own work.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
