@@ -45,6 +45,7 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   gradients are reduced per program, then over batch and segments in PyTorch
   (deterministic, no atomics).
 """
+import copy
 import functools
 from typing import List, Optional, Tuple
 
@@ -124,14 +125,15 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
-              fwd_max_registers=0, bwd_max_registers=0)
+              fwd_max_registers=0, bwd_max_registers=0, fwd_own_chunk=1, bwd_dt_dot_rank=1)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
     ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
     ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``, ``fwd_max_registers``,
-    ``bwd_max_registers``); returns the previous values."""
+    ``bwd_max_registers``, ``fwd_own_chunk``, ``bwd_dt_dot_rank``); returns the previous
+    values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -436,12 +438,15 @@ def _scan_fwd_kernel(
         SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
+        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, CARRY_PASS: tl.constexpr,
+        LOOK_BACK: tl.constexpr):
     """One (batch, group, channel block, segment) per program. ``CARRY_PASS``: scan the
     segment from a zero state and store only its carry ``(prod a, h)``; otherwise start
     from the earlier segments' carries and write the outputs. ``LOOK_BACK``: segments of
     one chunk, whose entry state comes from the chunks before it in the same launch
-    (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states)."""
+    (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states).
+    ``SAVE_STATES``: keep the state after every ``SAVE_EVERY`` rows (the backward's
+    chunk, ``BLOCK_L`` or a divisor of it) in ``hs_ptr``."""
     pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, 0, G,
                                                   LOOK_BACK, False)
     j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)        # channel inside the group
@@ -489,7 +494,14 @@ def _scan_fwd_kernel(
             a_seg *= a_last
         else:
             if SAVE_STATES:
-                tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
+                if SAVE_EVERY == BLOCK_L:
+                    tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
+                else:
+                    # the rows that end one of the backward's shorter chunks
+                    n_states = tl.cdiv(L, SAVE_EVERY)
+                    ends = mask_l & (seq % SAVE_EVERY == SAVE_EVERY - 1)
+                    tl.store(hs_ptr + (pid * n_states + seq // SAVE_EVERY)[:, None] * d
+                             + j[None, :], hh, mask=ends[:, None] & mask_d[None, :])
             Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
             y = hh * Cv[:, None]
             if HAS_D:
@@ -534,13 +546,15 @@ def _scan_bwd_kernel(
         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
+        CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr, DT_DOT: tl.constexpr):
     """One (batch, group, channel block, segment) per program, walking the segment's
     chunks backwards. ``CARRY_PASS``: run the reverse scan of the segment from a zero
     gradient and store only its carry (the map of ``g`` at the segment's first
     position); otherwise start from the later segments' carries and write the gradients
     (parameter gradients as per-program partial sums). ``LOOK_BACK``: segments of one
-    chunk, the carry from the chunks after it in the same launch (:func:`_look_back`)."""
+    chunk, the carry from the chunks after it in the same launch (:func:`_look_back`).
+    ``DT_DOT``: the gradient of ``dt_r`` as one ``tl.dot`` (fp32 FMAs) instead of a
+    product tile reduced over the channels."""
     pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, seg_offset,
                                                   G, LOOK_BACK, True)
     j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -677,14 +691,19 @@ def _scan_bwd_kernel(
             if HAS_DT_PROJ:
                 # the dt projection's backward for all R ranks at once: one reduction
                 # over the channels (gradient of dt_r) and one over the rows (of the
-                # weight), not one of each per rank
+                # weight), not one of each per rank; the one over the channels as a dot
+                # reads the tile once through shared memory, where a reduction takes
+                # log2(lanes) shuffles per (row, rank) value
                 mask_r = rr < R
                 mask_lr = mask_l[:, None] & mask_r[None, :]
                 xr = tl.load(dl_base + pos[:, None] * s_dl_l + (g * R + rr[None, :]) * s_dl_c,
                              mask=mask_lr, other=0.).to(tl.float32)        # (BLOCK_L, BLOCK_R)
                 wr = tl.load(w_ptr + (g * d + j[None, :]) * R + rr[:, None],
                              mask=mask_r[:, None] & mask_d[None, :], other=0.)  # (BLOCK_R, BLOCK_D)
-                d_xr = tl.sum(dv[:, None, :] * wr[None, :, :], axis=2)
+                if DT_DOT:
+                    d_xr = tl.dot(dv, tl.trans(wr), input_precision='ieee')
+                else:
+                    d_xr = tl.sum(dv[:, None, :] * wr[None, :, :], axis=2)
                 tl.store(ddl_base + pos[:, None] * s_ddl_l + (g * R + rr[None, :]) * s_ddl_c,
                          d_xr.to(ddl_ptr.dtype.element_ty), mask=mask_lr)
                 acc_w += tl.sum(xr[:, :, None] * dv[:, None, :], axis=0)
@@ -800,17 +819,38 @@ class _Cfg:
     """Everything both kernels need besides the tensors."""
 
     def __init__(self, batch, L, H, W, d, G, R, eps, block_l, block_d, device, flags,
-                 seg_chunks=None, grouped=True):
+                 seg_chunks=None, grouped=True, chunk_fixed=False):
         self.grouped = grouped                        # the fused layer scan (its tuning)
         self.batch, self.L, self.H, self.W = batch, L, H, W
         self.d, self.G, self.R, self.eps = d, G, R, eps
-        self.block_l, self.block_d = block_l, block_d
-        self.n_chunks = triton.cdiv(L, block_l)
+        self.block_d, self.device = block_d, device
         self.n_dblocks = triton.cdiv(d, block_d)
         self.programs = batch * G                     # grid axis 0: (batch, group)
-        self.n_seg, self.seg_chunks = _segments(
-            self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
+        self.seg_override, self.chunk_fixed = seg_chunks, chunk_fixed   # tests' choices
+        self._chunk(block_l)
         self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
+
+    def _chunk(self, block_l):
+        self.block_l = block_l
+        self.n_chunks = triton.cdiv(self.L, block_l)
+        self.n_seg, self.seg_chunks = _segments(
+            self.n_chunks, self.programs * self.n_dblocks, self.device, self.seg_override)
+
+    def forward_chunking(self, save_states):
+        """The configuration the forward launches with. States for the backward are kept
+        every ``block_l`` rows (its chunk); with ``TUNING['fwd_own_chunk']`` the fused
+        layer scan's forward still walks the longer chunk of inference (a backward chunk
+        holds about half the elements: it keeps twice the tiles alive) and keeps the
+        state of every row that ends a backward chunk."""
+        if not (save_states and self.grouped and TUNING['fwd_own_chunk']
+                and not self.chunk_fixed):
+            return self
+        block_l = _block_l(self.block_d, False)
+        if block_l <= self.block_l:                   # powers of two: a multiple
+            return self
+        fwd = copy.copy(self)
+        fwd._chunk(block_l)
+        return fwd
 
     def meta(self, per_thread, max_registers=0):
         meta = dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
@@ -885,8 +925,11 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
           else ops.A)
+    save_every = cfg.block_l
+    cfg = cfg.forward_chunking(save_states)
     args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
                 seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
+                SAVE_EVERY=save_every,
                 **cfg.meta(TUNING['fwd_per_thread'], TUNING['fwd_max_registers']))
     if _one_pass(cfg, 'fwd_look_back'):
         args.update(cfg.sizes(one_pass=True), lb_ptr=_look_back_buffer(cfg, ops.u.device))
@@ -925,7 +968,8 @@ def _backward(cfg, ops, grad_args):
     args = dict(ops.kernel_args(), **grad_args, seg_p_ptr=ops.A, seg_s_ptr=ops.A,
                 lb_ptr=ops.A, dw_ptr=w_part, **cfg.sizes(one_pass),
                 **cfg.meta(_bwd_tile(cfg.block_d, cfg.grouped)[1], TUNING['bwd_max_registers']),
-                BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))))
+                BLOCK_R=max(2, _next_pow2(max(cfg.R, 1))),
+                DT_DOT=0 < TUNING['bwd_dt_dot_rank'] <= cfg.R)
     args.update({f'd{name}_ptr': partial_sums.get(name, slabs[0])
                  for name in ('A', 'D', 'bias', 'lnw', 'lnb')})
     if one_pass:
@@ -1072,7 +1116,7 @@ def _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks):
     return _Cfg(batch, H * W, H, W, d, G, R, float(eps),
                 _block_l(block_d, save_states, block_l), block_d, u.device,
                 _flags(True, bias is not None, True, D is not None, z is not None,
-                       lnw is not None), seg_chunks)
+                       lnw is not None), seg_chunks, chunk_fixed=bool(block_l))
 
 
 def _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,
