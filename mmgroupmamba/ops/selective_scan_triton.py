@@ -45,7 +45,6 @@ Design (``d_state = 1`` makes the state a scalar per channel):
   gradients are reduced per program, then over batch and segments in PyTorch
   (deterministic, no atomics).
 """
-import copy
 import functools
 from typing import List, Optional, Tuple
 
@@ -125,15 +124,14 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
-              fwd_max_registers=0, bwd_max_registers=0, fwd_own_chunk=1, bwd_dt_dot_rank=1)
+              fwd_max_registers=0, bwd_max_registers=0, bwd_dt_dot_rank=1)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
     ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
     ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``, ``fwd_max_registers``,
-    ``bwd_max_registers``, ``fwd_own_chunk``, ``bwd_dt_dot_rank``); returns the previous
-    values."""
+    ``bwd_max_registers``, ``bwd_dt_dot_rank``); returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -438,15 +436,12 @@ def _scan_fwd_kernel(
         SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, CARRY_PASS: tl.constexpr,
-        LOOK_BACK: tl.constexpr):
+        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
     """One (batch, group, channel block, segment) per program. ``CARRY_PASS``: scan the
     segment from a zero state and store only its carry ``(prod a, h)``; otherwise start
     from the earlier segments' carries and write the outputs. ``LOOK_BACK``: segments of
     one chunk, whose entry state comes from the chunks before it in the same launch
-    (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states).
-    ``SAVE_STATES``: keep the state after every ``SAVE_EVERY`` rows (the backward's
-    chunk, ``BLOCK_L`` or a divisor of it) in ``hs_ptr``."""
+    (:func:`_look_back`; the buffer ``lb_ptr``: counter, aggregates, inclusive states)."""
     pid, pid_d, pid_s, b, g, direction = _program(lb_ptr, dir_ptr, n_chunks, 0, G,
                                                   LOOK_BACK, False)
     j = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)        # channel inside the group
@@ -494,14 +489,7 @@ def _scan_fwd_kernel(
             a_seg *= a_last
         else:
             if SAVE_STATES:
-                if SAVE_EVERY == BLOCK_L:
-                    tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
-                else:
-                    # the rows that end one of the backward's shorter chunks
-                    n_states = tl.cdiv(L, SAVE_EVERY)
-                    ends = mask_l & (seq % SAVE_EVERY == SAVE_EVERY - 1)
-                    tl.store(hs_ptr + (pid * n_states + seq // SAVE_EVERY)[:, None] * d
-                             + j[None, :], hh, mask=ends[:, None] & mask_d[None, :])
+                tl.store(hs_ptr + (pid * n_chunks + k) * d + j, h, mask=mask_d)
             Cv = tl.load(C_base + pos * s_C_l, mask=mask_l, other=0.).to(tl.float32)
             y = hh * Cv[:, None]
             if HAS_D:
@@ -819,38 +807,17 @@ class _Cfg:
     """Everything both kernels need besides the tensors."""
 
     def __init__(self, batch, L, H, W, d, G, R, eps, block_l, block_d, device, flags,
-                 seg_chunks=None, grouped=True, chunk_fixed=False):
+                 seg_chunks=None, grouped=True):
         self.grouped = grouped                        # the fused layer scan (its tuning)
         self.batch, self.L, self.H, self.W = batch, L, H, W
         self.d, self.G, self.R, self.eps = d, G, R, eps
-        self.block_d, self.device = block_d, device
+        self.block_l, self.block_d = block_l, block_d
+        self.n_chunks = triton.cdiv(L, block_l)
         self.n_dblocks = triton.cdiv(d, block_d)
         self.programs = batch * G                     # grid axis 0: (batch, group)
-        self.seg_override, self.chunk_fixed = seg_chunks, chunk_fixed   # tests' choices
-        self._chunk(block_l)
-        self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
-
-    def _chunk(self, block_l):
-        self.block_l = block_l
-        self.n_chunks = triton.cdiv(self.L, block_l)
         self.n_seg, self.seg_chunks = _segments(
-            self.n_chunks, self.programs * self.n_dblocks, self.device, self.seg_override)
-
-    def forward_chunking(self, save_states):
-        """The configuration the forward launches with. States for the backward are kept
-        every ``block_l`` rows (its chunk); with ``TUNING['fwd_own_chunk']`` the fused
-        layer scan's forward still walks the longer chunk of inference (a backward chunk
-        holds about half the elements: it keeps twice the tiles alive) and keeps the
-        state of every row that ends a backward chunk."""
-        if not (save_states and self.grouped and TUNING['fwd_own_chunk']
-                and not self.chunk_fixed):
-            return self
-        block_l = _block_l(self.block_d, False)
-        if block_l <= self.block_l:                   # powers of two: a multiple
-            return self
-        fwd = copy.copy(self)
-        fwd._chunk(block_l)
-        return fwd
+            self.n_chunks, self.programs * self.n_dblocks, device, seg_chunks)
+        self.flags = flags    # HAS_DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_D, HAS_Z, HAS_NORM
 
     def meta(self, per_thread, max_registers=0):
         meta = dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
@@ -925,11 +892,8 @@ def _forward(cfg, ops, out, so, dirs, save_states):
     f32 = dict(device=ops.u.device, dtype=torch.float32)
     hs = (torch.empty(cfg.programs, cfg.n_chunks, cfg.d, **f32) if save_states
           else ops.A)
-    save_every = cfg.block_l
-    cfg = cfg.forward_chunking(save_states)
     args = dict(ops.kernel_args(), **tensor_args('out', out, so, 'blc', 'o'), hs_ptr=hs,
                 seg_a_ptr=ops.A, seg_h_ptr=ops.A, dir_ptr=dirs, lb_ptr=ops.A,
-                SAVE_EVERY=save_every,
                 **cfg.meta(TUNING['fwd_per_thread'], TUNING['fwd_max_registers']))
     if _one_pass(cfg, 'fwd_look_back'):
         args.update(cfg.sizes(one_pass=True), lb_ptr=_look_back_buffer(cfg, ops.u.device))
@@ -1116,7 +1080,7 @@ def _grouped_cfg(u, z, w, bias, D, lnw, eps, save_states, block_l, seg_chunks):
     return _Cfg(batch, H * W, H, W, d, G, R, float(eps),
                 _block_l(block_d, save_states, block_l), block_d, u.device,
                 _flags(True, bias is not None, True, D is not None, z is not None,
-                       lnw is not None), seg_chunks, chunk_fixed=bool(block_l))
+                       lnw is not None), seg_chunks)
 
 
 def _grouped_scan_forward(u, xdbl, z, w, bias, A, D, lnw, lnb, eps, directions,

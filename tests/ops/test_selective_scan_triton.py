@@ -368,14 +368,12 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
-    # the training forward in its own chunk (32 rows), keeping the state of every row
-    # that ends one of the backward's (16 rows), the dt_r gradient as a dot and as a
-    # reduction; one pass with a look-back and carry passes
+    # the dt_r gradient as a dot (the default) and as a reduction, with the tuned chunks
+    # (one segment, or one-chunk segments with a look-back, or carry passes)
     for look_back in (1, 0):
         for dt_dot in (1, 0):
-            set_tuning(fwd_tile=512, bwd_narrow_tile=256, split_below_per_sm=100,
-                       fwd_look_back=look_back, bwd_look_back=look_back,
-                       bwd_dt_dot_rank=dt_dot)
+            set_tuning(split_below_per_sm=100, fwd_look_back=look_back,
+                       bwd_look_back=look_back, bwd_dt_dot_rank=dt_dot)
             for shape in [(1, 9, 37, 2, 1), (2, 5, 13, 3, 2)]:
                 a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
                 y = grouped_selective_scan_triton(**a)
@@ -387,30 +385,6 @@ _INTERPRET_SCRIPT = '''
     _check_look_back()
     print('interpreter ok')
 '''
-
-
-def test_training_forward_walks_its_own_chunk():
-    """With ``fwd_own_chunk`` the training forward's chunk is the inference one where
-    that is longer than the backward's (the states are still kept per backward chunk);
-    not with the tests' fixed chunk, nor without saved states."""
-    if not HAS_TRITON:
-        pytest.skip('triton not installed')
-    from mmgroupmamba.ops.selective_scan_triton import _Cfg, set_tuning
-    set_tuning(fwd_tile=2048, bwd_tile=1024, narrow_d=32, bwd_narrow_tile=2048,
-               fwd_own_chunk=1)
-
-    def cfg(d, block_l, fixed=False):
-        block_d = max(16, 1 << (d - 1).bit_length())
-        return _Cfg(2, 4200, 50, 84, d, 4, 6, 1e-5, block_l, block_d,
-                    torch.device('cpu'), {}, chunk_fixed=fixed)
-    stage3 = cfg(87, 8)                                  # backward chunk 1024 / 128
-    fwd = stage3.forward_chunking(True)
-    assert (fwd.block_l, fwd.n_chunks, stage3.n_chunks) == (16, 263, 525)
-    assert stage3.forward_chunking(False) is stage3
-    assert cfg(87, 8, fixed=True).forward_chunking(True).block_l == 8
-    assert cfg(16, 128).forward_chunking(True).block_l == 128   # 2048 / 16 either way
-    set_tuning(fwd_own_chunk=0)
-    assert stage3.forward_chunking(True).block_l == 8
 
 
 @requires_triton_interpreter
