@@ -124,14 +124,16 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
               narrow_d=32, bwd_narrow_tile=2048,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
-              fwd_max_registers=0, bwd_max_registers=0, bwd_dt_dot_rank=1)
+              fwd_max_registers=0, bwd_max_registers=0, bwd_dt_dot_rank=1,
+              min_block_l=8)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
     ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
     ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``, ``fwd_max_registers``,
-    ``bwd_max_registers``, ``bwd_dt_dot_rank``); returns the previous values."""
+    ``bwd_max_registers``, ``bwd_dt_dot_rank``, ``min_block_l``); returns the previous
+    values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -731,7 +733,7 @@ def _block_l(block_d: int, training: bool, override=None, grouped: bool = True):
     if override:
         return int(override)
     tile = _bwd_tile(block_d, grouped)[0] if training else TUNING['fwd_tile']
-    return max(16, min(tile // block_d, 1024))
+    return max(TUNING['min_block_l'], min(tile // block_d, 1024))
 
 
 def _bwd_tile(block_d: int, grouped: bool):
