@@ -120,20 +120,32 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # instead of the walk 0.653 0.371 0.394 0.203 (7.59), the carry pass instead of the
 # look-back 0.662 0.371 0.515 0.259 (8.88), against 0.612 0.341 0.393 0.190 (7.31): at
 # most about an eighth of the scan time is the look-back, little of it at stage 3; the
-# rest is the chunks' own work.
-TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=8,
-              narrow_d=32, bwd_narrow_tile=2048,
+# rest is the chunks' own work. The chunks of the 128-lane groups (stages 3-4), training
+# forward + backward, ms per layer by stage | whole model, H100, CUDA-graph replays, 2 x
+# 800x1344 ; 16 x 512x512 (one run per line, three machines): the dt_r gradient as an
+# fp32 ``tl.dot`` (``bwd_dt_dot_rank = 1``) instead of a product tile reduced over the
+# channels, 0.613 0.341 0.394 0.190 | 7.32 -> 0.601 0.339 0.387 0.196 | 7.24 ; 12.36
+# -> 12.12 (from rank 3 only: 7.28); then 8-row chunks (``min_block_l``, 16 before) at 4
+# warps 7.25 ; 11.77; then the float token index (``float_index``) 7.10 -> 7.05 ; 11.60
+# -> 11.47; then 16 elements per thread (2 warps) instead of 8: 0.604 0.345 0.329 0.153 |
+# 6.60 ; 10.37 (4-row chunks at 2 warps: 6.96 ; 10.64; 8 rows at 8 warps: 9.36 ;
+# 15.87). A training forward that walks the 16-row chunk of inference and keeps the
+# states every 8 rows was no faster (7.05 against 6.97 ; 11.47 against 11.22) and is not
+# kept. ``--dense --profile``, the 2 x 800x1344 training step: scan 6.09 -> 4.98 ms of
+# 34.84 -> 34.00 ms (17.5% -> 14.7%; backward 4.55 -> 3.46 ms).
+TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=16,
+              narrow_d=32, bwd_narrow_tile=2048, bwd_narrow_per_thread=16, min_block_l=8,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
               fwd_max_registers=0, bwd_max_registers=0, bwd_dt_dot_rank=1,
-              min_block_l=8)
+              float_index=1)
 
 
 def set_tuning(**kwargs):
     """Change :data:`TUNING` (``fwd_tile``, ``fwd_per_thread``, ``bwd_tile``,
-    ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``split_below_per_sm``,
-    ``programs_per_sm``, ``fwd_look_back``, ``bwd_look_back``, ``fwd_max_registers``,
-    ``bwd_max_registers``, ``bwd_dt_dot_rank``, ``min_block_l``); returns the previous
-    values."""
+    ``bwd_per_thread``, ``narrow_d``, ``bwd_narrow_tile``, ``bwd_narrow_per_thread``,
+    ``min_block_l``, ``split_below_per_sm``, ``programs_per_sm``, ``fwd_look_back``,
+    ``bwd_look_back``, ``fwd_max_registers``, ``bwd_max_registers``, ``bwd_dt_dot_rank``,
+    ``float_index``); returns the previous values."""
     unknown = set(kwargs) - set(TUNING)
     if unknown:
         raise KeyError(f'unknown tuning keys {sorted(unknown)}; known: {sorted(TUNING)}')
@@ -190,14 +202,24 @@ def _row(x, y, row):
 
 
 @triton.jit
-def _token_index(seq, L, H, W, direction):
+def _token_index(seq, L, H, W, direction, FLOAT_INDEX: tl.constexpr):
     """Row-major token index ``h * W + w`` of sequence position ``seq``.
 
     direction 0: row-major; 1: column-major (``seq -> (seq % H, seq // H)``); 2 and 3: the same
-    sequences read backwards (``seq -> L - 1 - seq`` first).
+    sequences read backwards (``seq -> L - 1 - seq`` first). ``FLOAT_INDEX``: the
+    quotient by ``H`` as ``floor((seq + 0.5) / H)`` in fp32, a few instructions where an
+    integer division by a runtime value takes a few dozen per row (every thread of a
+    128-lane tile computes all its rows). Exact while ``L < 2**21`` with the reciprocal
+    correctly rounded (``div_rn``; checked for every position below ``2**21`` and every
+    height up to 2,048 plus 3,418 more; with a reciprocal 2 ulps off it is not exact),
+    which the launcher checks.
     """
     lr = tl.where(direction >= 2, L - 1 - seq, seq)
-    col = (lr % H) * W + lr // H
+    if FLOAT_INDEX:
+        q = ((lr.to(tl.float32) + 0.5) * tl.math.div_rn(1., H.to(tl.float32))).to(tl.int32)
+        col = (lr - q * H) * W + q
+    else:
+        col = (lr % H) * W + lr // H
     return tl.where((direction % 2) == 1, col, lr)
 
 
@@ -438,7 +460,8 @@ def _scan_fwd_kernel(
         SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr):
+        SAVE_STATES: tl.constexpr, CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr,
+        FLOAT_INDEX: tl.constexpr):
     """One (batch, group, channel block, segment) per program. ``CARRY_PASS``: scan the
     segment from a zero state and store only its carry ``(prod a, h)``; otherwise start
     from the earlier segments' carries and write the outputs. ``LOOK_BACK``: segments of
@@ -472,7 +495,7 @@ def _scan_fwd_kernel(
     for k in range(k_begin, k_end):
         seq = k * BLOCK_L + rows
         mask_l = seq < L
-        pos = _token_index(seq, L, H, W, direction)
+        pos = _token_index(seq, L, H, W, direction, FLOAT_INDEX)
         mask2 = mask_l[:, None] & mask_d[None, :]
 
         u, v, delta, Bv, bx, a_cum, h_loc = _local_scan(
@@ -536,7 +559,8 @@ def _scan_bwd_kernel(
         BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SEG_BLOCK: tl.constexpr,
         HAS_DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_NORM: tl.constexpr,
-        CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr, DT_DOT: tl.constexpr):
+        CARRY_PASS: tl.constexpr, LOOK_BACK: tl.constexpr, DT_DOT: tl.constexpr,
+        FLOAT_INDEX: tl.constexpr):
     """One (batch, group, channel block, segment) per program, walking the segment's
     chunks backwards. ``CARRY_PASS``: run the reverse scan of the segment from a zero
     gradient and store only its carry (the map of ``g`` at the segment's first
@@ -587,7 +611,7 @@ def _scan_bwd_kernel(
         k = k_begin + k_end - 1 - kk
         seq = k * BLOCK_L + rows
         mask_l = seq < L
-        pos = _token_index(seq, L, H, W, direction)
+        pos = _token_index(seq, L, H, W, direction, FLOAT_INDEX)
         mask2 = mask_l[:, None] & mask_d[None, :]
 
         # ---- recompute the chunk's forward from its entry state
@@ -738,11 +762,10 @@ def _block_l(block_d: int, training: bool, override=None, grouped: bool = True):
 
 def _bwd_tile(block_d: int, grouped: bool):
     """``(elements, elements per thread)`` of the backward's tile: narrow groups of the
-    fused layer scan take a longer chunk at the same warps (:data:`TUNING`; measured
-    there only, so the generic contract keeps the one tile)."""
+    fused layer scan take a longer chunk with settings of their own (:data:`TUNING`;
+    measured there only, so the generic contract keeps the one tile)."""
     if grouped and block_d <= TUNING['narrow_d']:
-        tile = TUNING['bwd_narrow_tile']
-        return tile, TUNING['bwd_per_thread'] * tile // TUNING['bwd_tile']
+        return TUNING['bwd_narrow_tile'], TUNING['bwd_narrow_per_thread']
     return TUNING['bwd_tile'], TUNING['bwd_per_thread']
 
 
@@ -824,6 +847,7 @@ class _Cfg:
     def meta(self, per_thread, max_registers=0):
         meta = dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
                     BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
+                    FLOAT_INDEX=bool(TUNING['float_index']) and self.L < 2**21,
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
         if max_registers and not triton_interpreting():
             meta['maxnreg'] = max_registers       # ptxas's cap per thread (occupancy)

@@ -51,17 +51,19 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         compile_kernel(sst._scan_fwd_kernel, dict(G=4, R=6, BLOCK_L=16, BLOCK_D=128,
                                                   SEG_BLOCK=16, SAVE_STATES=not carry,
                                                   CARRY_PASS=carry, LOOK_BACK=look_back,
-                                                  **flags), 4)
+                                                  FLOAT_INDEX=True, **flags), 4)
         for dt_dot in (True, False):
-            compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=16,
+            compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=8,
                                                       BLOCK_D=128, SEG_BLOCK=16,
                                                       CARRY_PASS=carry, LOOK_BACK=look_back,
-                                                      DT_DOT=dt_dot, **flags), 8)
+                                                      DT_DOT=dt_dot, FLOAT_INDEX=dt_dot,
+                                                      **flags), 4)
     # the register cap of TUNING['bwd_max_registers'] reaches ptxas
     capped = compile_kernel(sst._scan_bwd_kernel, dict(G=4, R=6, BLOCK_R=8, BLOCK_L=8,
                                                        BLOCK_D=128, SEG_BLOCK=16,
                                                        CARRY_PASS=False, LOOK_BACK=True,
-                                                       DT_DOT=True, **flags), 4, maxnreg=128)
+                                                       DT_DOT=True, FLOAT_INDEX=True,
+                                                       **flags), 4, maxnreg=128)
     assert '.maxnreg 128' in capped.asm['ptx']
     for fn, consts in ((dwconv._dw_fwd_kernel, dict(ACT=2, HAS_BIAS=True, FLIP=False,
                                                      BLOCK_C=32, PREFETCH=True)),

@@ -368,12 +368,14 @@ _INTERPRET_SCRIPT = '''
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         g = torch.randn_like(y); y.backward(g); y_ref.backward(g)
         _assert_grads_close(_grads(a), _grads(b), rtol=1e-5)
-    # the dt_r gradient as a dot (the default) and as a reduction, with the tuned chunks
-    # (one segment, or one-chunk segments with a look-back, or carry passes)
+    # the dt_r gradient as a dot and as a reduction, the token index by float and by
+    # integer division, with the tuned chunk lengths (32 rows in the forward, 16 in the
+    # backward here); one pass with a look-back and carry passes
     for look_back in (1, 0):
-        for dt_dot in (1, 0):
-            set_tuning(split_below_per_sm=100, fwd_look_back=look_back,
-                       bwd_look_back=look_back, bwd_dt_dot_rank=dt_dot)
+        for dt_dot, flt in ((1, 1), (0, 0)):
+            set_tuning(fwd_tile=512, bwd_narrow_tile=256, split_below_per_sm=100,
+                       fwd_look_back=look_back, bwd_look_back=look_back,
+                       bwd_dt_dot_rank=dt_dot, float_index=flt)
             for shape in [(1, 9, 37, 2, 1), (2, 5, 13, 3, 2)]:
                 a, b = _grouped_inputs(*shape, 'cpu'), _grouped_inputs(*shape, 'cpu')
                 y = grouped_selective_scan_triton(**a)
@@ -385,6 +387,22 @@ _INTERPRET_SCRIPT = '''
     _check_look_back()
     print('interpreter ok')
 '''
+
+
+def test_float_token_index_is_exact_below_2_21():
+    """The kernels' column-major index divides by the map height as
+    ``floor((seq + 0.5) * rn(1 / H))`` in fp32 (``FLOAT_INDEX``, used while ``L < 2**21``):
+    the same arithmetic in numpy (round-to-nearest fp32, truncation) against integer
+    division for every position below ``2**21``; a reciprocal 2 ulps off breaks it."""
+    import numpy as np
+    seq = np.arange(2**21, dtype=np.int64)
+    x = seq.astype(np.float32) + np.float32(0.5)
+    for H in list(range(1, 130)) + [200, 336, 800, 1344, 2047, 65536, 2**21 - 1]:
+        inv = np.float32(1) / np.float32(H)
+        assert np.array_equal((x * inv).astype(np.int64), seq // H), H
+    inv = np.float32(1) / np.float32(3)
+    off = np.nextafter(np.nextafter(inv, np.float32(1)), np.float32(1))
+    assert not np.array_equal((x * off).astype(np.int64), seq // 3)
 
 
 @requires_triton_interpreter
