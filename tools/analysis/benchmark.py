@@ -420,6 +420,19 @@ def scan_sweep(args, device):
     bwd_grid = [(1024, 8, 4), (1024, 8, 8), (2048, 8, 8), (512, 4, 8), (1024, 16, 0),
                 (1024, 8, 0), (2048, 8, 0), (2048, 16, 0), (512, 4, 0), (512, 8, 0), (256, 4, 0),
                 (1024, 8, 0, 168), (1024, 8, 0, 128)]
+    # the backward of groups of at most ``narrow_d`` channels (stages 1-2): (tile,
+    # elements per thread), one pass with a look-back
+    narrow_grid = [(2048, 16), (2048, 32), (1024, 16), (1024, 8), (4096, 32)]
+
+    def pass_tuning(prefix):
+        def tuning(tile, per_thread, per_sm, cap=0):
+            return {f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread,
+                    f'{prefix}_look_back': int(per_sm == 0), f'{prefix}_max_registers': cap,
+                    'programs_per_sm': per_sm or saved['programs_per_sm']}
+        return tuning
+
+    def narrow_tuning(tile, per_thread):
+        return dict(bwd_narrow_tile=tile, bwd_narrow_per_thread=per_thread)
     saved = dict(sst.TUNING)
     for batch, img in shapes_of:
         args.img_size = img
@@ -455,23 +468,20 @@ def scan_sweep(args, device):
             g = torch.randn(batch, *hw, 4 * d, device=device, dtype=dtype)
             return lambda: sst.grouped_selective_scan_triton(**t).backward(g)
 
-        for title, prefix, grid, make_call in (
-                ('inference forward', 'fwd', fwd_grid, forward_call),
-                ('training forward + backward', 'bwd', bwd_grid, training_call)):
+        for title, grid, make_call, tuning in (
+                ('inference forward', fwd_grid, forward_call, pass_tuning('fwd')),
+                ('training forward + backward', bwd_grid, training_call, pass_tuning('bwd')),
+                ('training forward + backward, narrow groups', narrow_grid, training_call,
+                 narrow_tuning)):
             print(f'{title} (ms per layer | whole model):')
-            for tile, per_thread, per_sm, *cap in grid:
-                cap = cap[0] if cap else 0
-                sst.set_tuning(**{f'{prefix}_tile': tile, f'{prefix}_per_thread': per_thread,
-                                  f'{prefix}_look_back': int(per_sm == 0),
-                                  f'{prefix}_max_registers': cap},
-                               programs_per_sm=per_sm or saved['programs_per_sm'])
+            for row in grid:
+                sst.TUNING.update(saved)
+                sst.set_tuning(**tuning(*row))
                 times = [_time_ms(make_call(hw, d, R), device, args.iters)
                          for hw, d, R, _ in shapes]
                 total = sum(tm * s[3] for tm, s in zip(times, shapes))
-                split = f'programs/SM {per_sm:>2}' if per_sm else 'look-back     '
-                split += f' registers <= {cap:>3}' if cap else ' ' * 17
-                print(f'  {prefix}_tile {tile:>5} per_thread {per_thread:>2} {split}: '
-                      + '  '.join(f'{tm:7.3f}' for tm in times)
+                setting = ' '.join(f'{k} {v}' for k, v in tuning(*row).items())
+                print(f'  {setting}: ' + '  '.join(f'{tm:7.3f}' for tm in times)
                       + f'  | {total:7.2f} ms', flush=True)
             sst.TUNING.update(saved)
     print('\nrecord the best in selective_scan_triton.TUNING')
