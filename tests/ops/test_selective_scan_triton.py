@@ -403,6 +403,13 @@ def test_float_token_index_is_exact_below_2_21():
     inv = np.float32(1) / np.float32(3)
     off = np.nextafter(np.nextafter(inv, np.float32(1)), np.float32(1))
     assert not np.array_equal((x * off).astype(np.int64), seq // 3)
+    if HAS_TRITON:  # the launcher keeps the integer division from 2**21 tokens on
+        from mmgroupmamba.ops.selective_scan_triton import _Cfg
+
+        def float_index(H, W):
+            return _Cfg(1, H * W, H, W, 16, 4, 1, 1e-5, 16, 16, torch.device('cpu'),
+                        {}).meta(8)['FLOAT_INDEX']
+        assert float_index(2048, 1023) and not float_index(2048, 1024)
 
 
 @requires_triton_interpreter
