@@ -158,6 +158,8 @@ def set_tuning(**kwargs):
 MAX_BLOCK_D = 512
 # Segment carries folded per step when a program computes its entry state.
 SEG_BLOCK = 16
+# Sequences shorter than this take the float token index (``_token_index``: exact below).
+FLOAT_INDEX_MAX_L = 2**21
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -847,7 +849,7 @@ class _Cfg:
     def meta(self, per_thread, max_registers=0):
         meta = dict(G=self.G, R=max(self.R, 1), BLOCK_L=self.block_l,
                     BLOCK_D=self.block_d, SEG_BLOCK=SEG_BLOCK,
-                    FLOAT_INDEX=bool(TUNING['float_index']) and self.L < 2**21,
+                    FLOAT_INDEX=bool(TUNING['float_index']) and self.L < FLOAT_INDEX_MAX_L,
                     num_warps=_warps(self.block_l, self.block_d, per_thread), **self.flags)
         if max_registers and not triton_interpreting():
             meta['maxnreg'] = max_registers       # ptxas's cap per thread (occupancy)

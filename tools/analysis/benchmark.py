@@ -423,6 +423,7 @@ def scan_sweep(args, device):
     # the backward of groups of at most ``narrow_d`` channels (stages 1-2): (tile,
     # elements per thread), one pass with a look-back
     narrow_grid = [(2048, 16), (2048, 32), (1024, 16), (1024, 8), (4096, 32)]
+    saved = dict(sst.TUNING)       # the landed settings: every row starts from them
 
     def pass_tuning(prefix):
         def tuning(tile, per_thread, per_sm, cap=0):
@@ -433,7 +434,6 @@ def scan_sweep(args, device):
 
     def narrow_tuning(tile, per_thread):
         return dict(bwd_narrow_tile=tile, bwd_narrow_per_thread=per_thread)
-    saved = dict(sst.TUNING)
     for batch, img in shapes_of:
         args.img_size = img
         # (map, d, R = ceil(d / 16), depth) per stage
