@@ -132,7 +132,13 @@ __all__ = ['selective_scan_triton', 'grouped_selective_scan_triton', 'DIRECTION_
 # 15.87). A training forward that walks the 16-row chunk of inference and keeps the
 # states every 8 rows was no faster (7.05 against 6.97 ; 11.47 against 11.22) and is not
 # kept. ``--dense --profile``, the 2 x 800x1344 training step: scan 6.09 -> 4.98 ms of
-# 34.84 -> 34.00 ms (17.5% -> 14.7%; backward 4.55 -> 3.46 ms).
+# 34.84 -> 34.00 ms (17.5% -> 14.7%; backward 4.55 -> 3.46 ms). The narrow groups'
+# backward with fewer warps (``benchmark.py --scan-sweep`` narrow rows; training forward +
+# backward, ms per layer at stages 1 and 2 | those stages' whole-model share, H100, one
+# run, 2 x 800x1344 ; 16 x 512x512): 2048 elements at 4 warps (kept) 0.603 0.345 | 3.19 ;
+# 0.986 0.509 | 4.99, 1024 at 2 warps 0.652 0.326 | 3.26 ; 0.954 0.492 | 4.83, 2048 at
+# 2 warps 0.999 0.481 | 4.92 ; 9.11, 4096 at 2 warps 5.80 ; 11.04, 1024 at 1 warp 3.92 ;
+# 6.85: none is faster at both shapes and stages, so the narrow groups keep 4 warps.
 TUNING = dict(fwd_tile=2048, fwd_per_thread=16, bwd_tile=1024, bwd_per_thread=16,
               narrow_d=32, bwd_narrow_tile=2048, bwd_narrow_per_thread=16, min_block_l=8,
               split_below_per_sm=2, programs_per_sm=8, fwd_look_back=1, bwd_look_back=1,
