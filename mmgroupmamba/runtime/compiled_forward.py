@@ -47,8 +47,21 @@ class CompiledForward:
         self._compiled = torch.compile(forward, **kwargs)
         self._compiled_aligned = torch.compile(
             lambda x: forward(x.flatten(4, 5).flatten(2, 3)), **kwargs)
+        # Dynamo's graph run as it is (``backend='eager'``, for debugging) inside a DDP
+        # module: DDPOptimizer would split it per gradient bucket and run the pieces on
+        # fake tensors outside AOTAutograd, which on torch 2.11 turns the dynamic sides
+        # into constants ("ConstraintViolationError: ... specialized it to be a
+        # constant"). Unsplit, DDP's hooks still fire per parameter as in eager mode.
+        self._dynamo_config = ({'optimize_ddp': False} if kwargs.get('backend') == 'eager'
+                               else None)
 
     def __call__(self, x: torch.Tensor):
+        if self._dynamo_config is None:
+            return self._call(x)
+        with torch._dynamo.config.patch(**self._dynamo_config):
+            return self._call(x)
+
+    def _call(self, x: torch.Tensor):
         if self.options.get('dynamic') is False:
             return self._compiled(x)
         H, W = x.shape[2:]
