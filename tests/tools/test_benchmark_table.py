@@ -32,3 +32,15 @@ def test_dense_table_compares_gpu_time_with_swin(capsys):
                                                                             '1.50x')
     cell = dict(zip(header, infer))
     assert cell['mode'] == 'infer' and cell['GPU GM/Swin'] == '-'
+
+
+def test_compile_options_are_a_json_object():
+    import argparse
+
+    import pytest
+    bm = load_tool('analysis', 'benchmark.py')
+    assert bm._compile_options('{"mode": "reduce-overhead", "dynamic": false}') == dict(
+        mode='reduce-overhead', dynamic=False)
+    for bad in ('mode=reduce-overhead', '["reduce-overhead"]'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bm._compile_options(bad)

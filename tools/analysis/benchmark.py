@@ -160,6 +160,18 @@ class _ConfigModel(nn.Module):
         return self.model(x, mode='tensor')
 
 
+def _compile_options(text):
+    """``--compile-options``: a JSON object of ``torch.compile`` arguments."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f'not JSON ({e}): {text!r}')
+    if not isinstance(options, dict):
+        raise argparse.ArgumentTypeError(f'a JSON object of torch.compile arguments, '
+                                         f'got {text!r}')
+    return options
+
+
 def _arch(args):
     """``--arch``: a preset name, or an arch dict given as JSON."""
     return json.loads(args.arch) if args.arch.lstrip().startswith('{') else args.arch
@@ -783,6 +795,12 @@ def main(argv=None):
                         help='each grouped row again with the backbone\'s `compile=True` '
                         '(torch.compile of its forward, dynamic in H and W; the first '
                         'call, which compiles, is reported and not timed)')
+    parser.add_argument('--compile-options', type=_compile_options, default=True,
+                        metavar='JSON',
+                        help='with --compile-backbone: the backbone\'s `compile` as a dict '
+                        'of torch.compile arguments instead of True, e.g. '
+                        '\'{"mode": "reduce-overhead"}\' (Inductor\'s CUDA graphs, '
+                        'recorded per input size)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
@@ -850,7 +868,7 @@ def main(argv=None):
                         if execution == 'graph':
                             m.execution.cuda_graph = True
                         else:
-                            m.execution.compile = True
+                            m.execution.compile = args.compile_options
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if args.compile:
