@@ -36,14 +36,30 @@ class CompiledForward:
     Args:
         forward: the eager forward, one tensor in.
         options: keyword arguments of ``torch.compile`` (``mode``, ``backend``,
-            ``fullgraph``, ``dynamic``, ``options``).
+            ``fullgraph``, ``dynamic``, ``options``). For Inductor a ``mode`` joins the
+            ``options`` as the settings it stands for (``torch.compile`` refuses both);
+            modes that record CUDA graphs (``reduce-overhead``, ``max-autotune``) need
+            ``dynamic=False``.
     """
 
     def __init__(self, forward: Callable, options: dict):
         self.options = dict(options)
         kwargs = dict(self.options)
         if kwargs.get('backend', 'inductor') == 'inductor':
-            kwargs['options'] = {**_inductor_workarounds(), **kwargs.get('options', {})}
+            # ``torch.compile`` takes a ``mode`` or ``options``, not both: the mode's
+            # settings (e.g. reduce-overhead's CUDA graphs) join the options instead
+            mode = kwargs.pop('mode', None)
+            kwargs['options'] = {**_mode_options(mode), **_inductor_workarounds(),
+                                 **kwargs.get('options', {})}
+            # CUDA graphs (reduce-overhead, max-autotune) with dynamic sides failed on the
+            # GPU (torch 2.11, 2 x 800x1344 training): at the first call, a guard bounding
+            # each side by the first size (ConstraintViolationError); with the sides left
+            # to Dynamo's automatic dynamism, at the second size (a stride assertion)
+            if kwargs['options'].get('triton.cudagraphs') and kwargs.get('dynamic') is not False:
+                raise ValueError(
+                    f'compile={self.options!r} records CUDA graphs, which need static image '
+                    f'sizes: add dynamic=False (one compilation and graph per size), or use '
+                    f'execution=dict(cuda_graph=...) instead of compile.')
         self._compiled = torch.compile(forward, **kwargs)
         self._compiled_aligned = torch.compile(
             lambda x: forward(x.flatten(4, 5).flatten(2, 3)), **kwargs)
@@ -77,6 +93,17 @@ class CompiledForward:
                 # compiler can order the strides of the channels-last views
                 torch._dynamo.mark_dynamic(x, dim, min=MIN_DYNAMIC_SIZE, max=MAX_DYNAMIC_SIZE)
         return self._compiled(x)
+
+
+def _mode_options(mode) -> dict:
+    """Inductor's settings for a ``torch.compile`` ``mode`` (none for the default)."""
+    if mode in (None, 'default'):
+        return {}
+    from torch._inductor import list_mode_options
+    if mode not in list_mode_options():
+        raise ValueError(f'Unknown torch.compile mode {mode!r}; choose one of '
+                         f'{sorted(list_mode_options())}.')
+    return dict(list_mode_options(mode))
 
 
 def _inductor_workarounds() -> dict:

@@ -29,6 +29,36 @@ def test_compile_argument():
     assert GroupMamba(SMALL).execution.compile_options is None
 
 
+def test_compile_mode_joins_inductor_options(monkeypatch):
+    """``torch.compile`` refuses a ``mode`` together with ``options`` (and the backbone
+    always passes options): the mode's settings are passed as options instead; modes
+    that record CUDA graphs need static sizes and say so before anything compiles."""
+    from mmgroupmamba.runtime.compiled_forward import CompiledForward
+    calls = []
+    monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: calls.append(kwargs) or fn)
+
+    CompiledForward(lambda x: x, dict(mode='max-autotune-no-cudagraphs', fullgraph=True))
+    assert calls and all('mode' not in kw for kw in calls)
+    assert calls[0]['options']['max_autotune'] and calls[0]['fullgraph']
+
+    calls.clear()
+    CompiledForward(lambda x: x, dict(mode='reduce-overhead', dynamic=False))
+    assert calls[0]['options']['triton.cudagraphs'] and calls[0]['dynamic'] is False
+
+    calls.clear()
+    CompiledForward(lambda x: x, dict(mode='max-autotune-no-cudagraphs',
+                                      options={'max_autotune': False}))
+    assert calls[0]['options']['max_autotune'] is False   # explicit options win
+
+    with pytest.raises(ValueError, match="Unknown torch.compile mode 'fastest'"):
+        CompiledForward(lambda x: x, dict(mode='fastest'))
+    model = GroupMamba(SMALL, execution=dict(compile=dict(mode='reduce-overhead')))
+    with pytest.raises(ValueError, match='records CUDA graphs.*dynamic=False'):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match='records CUDA graphs'):
+        CompiledForward(lambda x: x, dict(options={'triton.cudagraphs': True}))
+
+
 def test_compiled_backbone_copies_and_pickles():
     """EMA hooks deep-copy the model: the copy compiles its own forward (the compiled
     function of the original holds the original's parameters)."""

@@ -799,8 +799,8 @@ def main(argv=None):
                         metavar='JSON',
                         help='with --compile-backbone: the backbone\'s `compile` as a dict '
                         'of torch.compile arguments instead of True, e.g. '
-                        '\'{"mode": "reduce-overhead"}\' (Inductor\'s CUDA graphs, '
-                        'recorded per input size)')
+                        '\'{"mode": "reduce-overhead", "dynamic": false}\' (Inductor\'s '
+                        'CUDA graphs: static sizes, one compilation and graph per size)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
