@@ -53,7 +53,9 @@ class ExecutionPolicy:
             steps, once), not another step's activations: raise it where batches come in
             many sizes (a detector's keep-ratio resize and padding to 32: a few dozen).
         compile: ``torch.compile`` the backbone's forward, dynamic in H and W (``True``,
-            or a dict of ``torch.compile`` arguments). Not together with ``cuda_graph``.
+            or a dict of ``torch.compile`` arguments; a mode that records CUDA graphs,
+            e.g. ``reduce-overhead``, needs ``dynamic=False``: one compilation and graph
+            per size). Not together with ``cuda_graph``.
     """
     mixer: str = 'auto'
     scan_backend: str = 'auto'
