@@ -5,6 +5,7 @@ import torch.utils.checkpoint as cp
 
 from mmgroupmamba.execution import ExecutionPolicy, share_execution
 from mmgroupmamba.ops import depthwise_conv3x3_act
+from mmgroupmamba.utils.amp import training_casts
 from .linear import Linear
 
 
@@ -20,6 +21,9 @@ class ConvFFN(nn.Module):
     The execution policy's ``ffn_cp`` (``self.execution``): while training, keep only the
     conv's input and recompute its output (fc2's input) in the backward: the block's
     widest activation is then held once instead of twice.
+
+    In an eager autocast training step the two linears' parameters are cast together
+    (:func:`~mmgroupmamba.utils.amp.training_casts`), not by autocast one by one.
     """
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -29,15 +33,19 @@ class ConvFFN(nn.Module):
         self.fc2 = Linear(hidden_dim, dim)
         self.execution = share_execution(self, ExecutionPolicy())
 
-    def _conv_fc2(self, h):
+    def _conv_fc2(self, h, fc2_cast=None):
         return self.fc2(depthwise_conv3x3_act(h, self.dwconv.weight, self.dwconv.bias, 'gelu',
-                                              fused=self.execution.fused_kernels))
+                                              fused=self.execution.fused_kernels),
+                        cast=fc2_cast)
 
     def forward(self, x):
-        h = self.fc1(x)
+        cast = training_casts(x, (self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                  self.fc2.bias))
+        fc1_cast, fc2_cast = (None, None) if cast is None else (cast[:2], cast[2:])
+        h = self.fc1(x, cast=fc1_cast)
         if self.execution.ffn_cp and torch.is_grad_enabled() and h.requires_grad:
-            return cp.checkpoint(self._conv_fc2, h, use_reentrant=False)
-        return self._conv_fc2(h)
+            return cp.checkpoint(self._conv_fc2, h, fc2_cast, use_reentrant=False)
+        return self._conv_fc2(h, fc2_cast)
 
 
 class Mlp(nn.Module):

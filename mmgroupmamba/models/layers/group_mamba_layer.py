@@ -28,7 +28,7 @@ from mmgroupmamba.execution import LINEAR_MODES, ExecutionPolicy, share_executio
 from mmgroupmamba.ops import (channel_affinity, depthwise_conv3x3_act, grouped_selective_scan,
                               linear, token_mean)
 from mmgroupmamba.ops.directions import SCAN_DIRECTIONS
-from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype
+from mmgroupmamba.utils.amp import InferenceCache, autocast_dtype, training_casts
 from .grouped_params import pack_group_params, source_params
 from .linear import Linear
 from .norm import LayerNorm
@@ -51,10 +51,13 @@ class ChannelAffinity(nn.Module):
         self.fc2 = Linear(hidden, dim)   # then sigmoid
         self.execution = share_execution(self, ExecutionPolicy())
 
-    def forward(self, x, scale=None):
+    def forward(self, x, scale=None, params=None):
+        """``params``: ``(fc1.weight, fc1.bias, fc2.weight, fc2.bias)`` as the caller has
+        cast them (:func:`~mmgroupmamba.utils.amp.training_casts`), or None for these."""
         fused = self.execution.fused_kernels
-        return channel_affinity(token_mean(x, fused=fused), self.fc1.weight, self.fc1.bias,
-                                self.fc2.weight, self.fc2.bias, scale, fused=fused)
+        if params is None:
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        return channel_affinity(token_mean(x, fused=fused), *params, scale, fused=fused)
 
 
 # ------------------------------------------------------------------- grouped linears
@@ -128,6 +131,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, mode: str = 'auto'):
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     return _BatchedGroupLinear.apply(x2, weight).view(*lead, G * dout)
+
+
+# the grouped layout's matmul weights (:func:`~.grouped_params.arrange`), blockdiag or bmm
+MATMUL_WEIGHTS = ('w_in_blockdiag', 'w_x', 'w_z', 'w_xdbl', 'w_out_blockdiag', 'w_out')
 
 
 class ModulatedGroupMamba(nn.Module):
@@ -252,7 +259,16 @@ class ModulatedGroupMamba(nn.Module):
         fused = self.execution.fused_kernels
         mode = resolve_linear_mode(self.execution.linear_mode, x, width, ops[0].dim)
         prm = self._grouped_params(mode)
-        scale = self.affinity(x, self.skip_scale)      # skip_scale * affinity
+        # an eager autocast training step: the layer's matmul operands cast in one launch
+        # (and their gradients back in one), not by autocast at every use
+        matmul = [k for k in MATMUL_WEIGHTS if k in prm]
+        own = [getattr(m, k) for m in (self.proj, self.affinity.fc1, self.affinity.fc2)
+               for k in ('weight', 'bias')]
+        cast = training_casts(x, [prm[k] for k in matmul] + own)
+        if cast is not None:
+            prm = {**prm, **dict(zip(matmul, cast))}
+            own = cast[len(matmul):]
+        scale = self.affinity(x, self.skip_scale, own[2:])     # skip_scale * affinity
 
         # in_proj of every group: one GEMM (x and z halves as views of its output), or
         # the x halves and the z halves as two batched matmuls
@@ -278,4 +294,5 @@ class ModulatedGroupMamba(nn.Module):
             y = grouped_linear(y, prm['w_out'], mode)
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
         # merged first, in one pass (one kernel on CUDA)
-        return self.proj(self.norm.modulated(y, x, scale))
+        y = self.norm.modulated(y, x, scale)
+        return self.proj(y, cast=None if cast is None else own[:2])

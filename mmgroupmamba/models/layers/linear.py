@@ -24,7 +24,11 @@ class Linear(nn.Linear):
         super().__init__(*args, **kwargs)
         self.execution = ExecutionPolicy()
 
-    def forward(self, x):
+    def forward(self, x, cast=None):
+        """``cast``: ``(weight, bias)`` as the caller cast them for this training step
+        (:func:`~mmgroupmamba.utils.amp.training_casts`), used instead of the own."""
+        if cast is not None:
+            return linear(x, *cast, fused=self.execution.fused_kernels)
         dtype = autocast_dtype(x.device.type)
         if dtype is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return linear(x, self.weight, self.bias, fused=self.execution.fused_kernels)
