@@ -262,13 +262,14 @@ class ModulatedGroupMamba(nn.Module):
         # an eager autocast training step: the layer's matmul operands cast in one launch
         # (and their gradients back in one), not by autocast at every use
         matmul = [k for k in MATMUL_WEIGHTS if k in prm]
-        own = [getattr(m, k) for m in (self.proj, self.affinity.fc1, self.affinity.fc2)
-               for k in ('weight', 'bias')]
-        cast = training_casts(x, [prm[k] for k in matmul] + own)
+        # (proj, affinity fc1, affinity fc2) x (weight, bias)
+        linears = [getattr(m, k) for m in (self.proj, self.affinity.fc1, self.affinity.fc2)
+                   for k in ('weight', 'bias')]
+        cast = training_casts(x, [prm[k] for k in matmul] + linears)
         if cast is not None:
             prm = {**prm, **dict(zip(matmul, cast))}
-            own = cast[len(matmul):]
-        scale = self.affinity(x, self.skip_scale, own[2:])     # skip_scale * affinity
+            linears = cast[len(matmul):]
+        scale = self.affinity(x, self.skip_scale, linears[2:])     # skip_scale * affinity
 
         # in_proj of every group: one GEMM (x and z halves as views of its output), or
         # the x halves and the z halves as two batched matmuls
@@ -295,4 +296,4 @@ class ModulatedGroupMamba(nn.Module):
         # the released ``LN(y * skip_scale * x * affinity)`` with the two per-image factors
         # merged first, in one pass (one kernel on CUDA)
         y = self.norm.modulated(y, x, scale)
-        return self.proj(y, cast=None if cast is None else own[:2])
+        return self.proj(y, cast=None if cast is None else linears[:2])
