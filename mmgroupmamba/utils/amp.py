@@ -56,10 +56,9 @@ class _CastTogether(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        like = next(g for g in grads if g is not None)
-        flat = like.new_empty(sum(ctx.sizes), dtype=ctx.source_dtype)
-        torch.cat([g.reshape(-1) if g is not None else like.new_zeros(n)
-                   for g, n in zip(grads, ctx.sizes)], out=flat)
+        # (autograd passes zeros for outputs that got no gradient: materialized grads)
+        flat = grads[0].new_empty(sum(ctx.sizes), dtype=ctx.source_dtype)
+        torch.cat([g.reshape(-1) for g in grads], out=flat)
         return (None, *(v.view(s) for v, s in zip(flat.split(ctx.sizes), ctx.shapes)))
 
 

@@ -100,12 +100,8 @@ class _PackParams(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        layout = ctx.layout
-        dtype = next(g.dtype for g in grads if g is not None)
-        packed = _flatten([
-            g if g is not None else torch.zeros(s, dtype=dtype, device=layout.gather.device)
-            for g, s in zip(grads, layout.shapes)])
-        flat = packed[layout.scatter]
+        # (autograd passes zeros for outputs that got no gradient: materialized grads)
+        flat = _flatten(grads)[ctx.layout.scatter]
         # views of one buffer: autograd keeps them as the parameters' ``.grad`` as they are
         out = _unflatten(flat, ctx.params)
         return (None, *(g if g.dtype == p.dtype else g.to(p.dtype)
