@@ -1,11 +1,14 @@
 """A module's forward through ``torch.compile``, one compilation for every image size.
 
-Detection trains on images of varying size (keep-ratio resize, padding to 32), so the
-backbone cannot replay CUDA graphs there; compiled, its forward and backward run as
-Inductor's fused kernels around our Triton operators (registered as ``torch.library``
-custom operators, see :func:`mmgroupmamba.ops.dispatch.call_fused`), traced as one graph.
+Detection trains on images of varying size (keep-ratio resize, padding to 32). Compiled,
+the backbone's forward and backward run as Inductor's fused kernels around our Triton
+operators (registered as ``torch.library`` custom operators, see
+:func:`mmgroupmamba.ops.dispatch.call_fused`), traced as one graph whose image sides are
+symbolic. With Inductor's CUDA graphs (``reduce-overhead``, what ``compile=True`` asks
+for) each new size is recorded once from that one compilation and replayed from then on,
+so a step no longer pays the host time of its ~3,000 launches.
 """
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -35,31 +38,32 @@ class CompiledForward:
 
     Args:
         forward: the eager forward, one tensor in.
+        parameters: the module's parameters (a callable, e.g. ``module.parameters``).
+            Where CUDA graphs are recorded, the gradients a training step leaves in
+            their ``.grad`` are moved out of the graphs' memory at the end of its
+            backward (see :func:`_move_gradients_out_after_backward`).
         options: keyword arguments of ``torch.compile`` (``mode``, ``backend``,
             ``fullgraph``, ``dynamic``, ``options``). For Inductor a ``mode`` joins the
-            ``options`` as the settings it stands for (``torch.compile`` refuses both);
-            modes that record CUDA graphs (``reduce-overhead``, ``max-autotune``) need
-            ``dynamic=False``.
+            ``options`` as the settings it stands for (``torch.compile`` refuses both).
+            Modes that record CUDA graphs (``reduce-overhead``, ``max-autotune``)
+            record one per image size (Inductor's CUDA graph trees, all in one memory
+            pool); the outputs of a call are overwritten by the next replay, so what
+            is kept across calls must be cloned (Inductor says so when it is read).
     """
 
-    def __init__(self, forward: Callable, options: dict):
+    def __init__(self, forward: Callable, options: dict,
+                 parameters: Optional[Callable[[], Iterable[torch.Tensor]]] = None):
         self.options = dict(options)
+        self.parameters = parameters
         kwargs = dict(self.options)
         if kwargs.get('backend', 'inductor') == 'inductor':
             # ``torch.compile`` takes a ``mode`` or ``options``, not both: the mode's
             # settings (e.g. reduce-overhead's CUDA graphs) join the options instead
             mode = kwargs.pop('mode', None)
-            kwargs['options'] = {**_mode_options(mode), **_inductor_workarounds(),
+            kwargs['options'] = {**_mode_options(mode),
+                                 **_inductor_workarounds(kwargs.get('dynamic') is not False),
                                  **kwargs.get('options', {})}
-            # CUDA graphs (reduce-overhead, max-autotune) with dynamic sides failed on the
-            # GPU (torch 2.11, 2 x 800x1344 training): at the first call, a guard bounding
-            # each side by the first size (ConstraintViolationError); with the sides left
-            # to Dynamo's automatic dynamism, at the second size (a stride assertion)
-            if kwargs['options'].get('triton.cudagraphs') and kwargs.get('dynamic') is not False:
-                raise ValueError(
-                    f'compile={self.options!r} records CUDA graphs, which need static image '
-                    f'sizes: add dynamic=False (one compilation and graph per size), or use '
-                    f'execution=dict(cuda_graph=...) instead of compile.')
+        self.records_graphs = bool(kwargs.get('options', {}).get('triton.cudagraphs'))
         self._compiled = torch.compile(forward, **kwargs)
         self._compiled_aligned = torch.compile(
             lambda x: forward(x.flatten(4, 5).flatten(2, 3)), **kwargs)
@@ -72,10 +76,16 @@ class CompiledForward:
                                else None)
 
     def __call__(self, x: torch.Tensor):
+        fresh = None
+        if self.records_graphs and self.parameters is not None and torch.is_grad_enabled():
+            # parameters whose gradient this step's backward will create (not add to)
+            fresh = [p for p in self.parameters() if p.requires_grad and p.grad is None]
         if self._dynamo_config is None:
-            return self._call(x)
-        with torch._dynamo.config.patch(**self._dynamo_config):
-            return self._call(x)
+            out = self._call(x)
+        else:
+            with torch._dynamo.config.patch(**self._dynamo_config):
+                out = self._call(x)
+        return _move_gradients_out_after_backward(out, fresh) if fresh else out
 
     def _call(self, x: torch.Tensor):
         if self.options.get('dynamic') is False:
@@ -95,6 +105,49 @@ class CompiledForward:
         return self._compiled(x)
 
 
+def _move_gradients_out_after_backward(out, fresh):
+    """Have the gradients of the ``fresh`` parameters moved out of the CUDA graphs'
+    memory when the backward through ``out`` (the compiled forward's outputs) ends.
+
+    A replayed backward graph returns the parameters' gradients in the graphs' memory
+    pool, and autograd keeps a gradient as ``.grad`` without copying it when ``.grad``
+    was None: the next replay would write into that ``.grad``, so gradient accumulation
+    (or ``zero_grad(set_to_none=False)``) would add to a buffer already overwritten
+    (torch raises "accessing tensor output of CUDAGraphs that has been overwritten";
+    older releases summed wrongly). A hook on the outputs (it runs before the graphs'
+    backward) queues an autograd engine callback that runs when the backward ends and
+    calls :func:`move_gradients_out`; gradients added to an existing ``.grad`` already
+    land in that ``.grad``'s memory.
+    """
+    tensors = out if isinstance(out, (tuple, list)) else (out, )
+    queued = []
+
+    def hook(grad):
+        if not queued:
+            queued.append(True)
+            torch.autograd.Variable._execution_engine.queue_callback(
+                lambda: move_gradients_out(fresh))
+
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            t.register_hook(hook)
+    return out
+
+
+def move_gradients_out(params: Iterable[torch.Tensor]):
+    """Give the parameters' ``.grad`` new memory: one buffer per (device, dtype), one
+    concatenation each, the gradients as views of it."""
+    groups = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+    for members in groups.values():
+        grads = [p.grad for p in members]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        for p, g, view in zip(members, grads, flat.split([g.numel() for g in grads])):
+            p.grad = view.view(g.shape)
+
+
 def _mode_options(mode) -> dict:
     """Inductor's settings for a ``torch.compile`` ``mode`` (none for the default)."""
     if mode in (None, 'default'):
@@ -106,10 +159,16 @@ def _mode_options(mode) -> dict:
     return dict(list_mode_options(mode))
 
 
-def _inductor_workarounds() -> dict:
+def _inductor_workarounds(dynamic_sides: bool) -> dict:
     """Inductor settings that symbolic image sizes need, where the installed torch has
     them:
 
+    * ``shape_padding`` off (dynamic sides only): its test of whether a matmul is worth
+      padding compares the symbolic sizes with thresholds and keeps the outcome as
+      guards bounding the sides by the first size's (``8*s0*s1 < 696``), which the
+      sides' declared range refuses: with CUDA graphs on, the first call failed that
+      way (H100, torch 2.11, 2 x 800x1344 training, ``ConstraintViolationError``) and
+      compiled without it;
     * ``strict_output_strides``: activations saved for the backward include
       channels-last views whose strides are symbolic (``k * W``); torch 2.14's Inductor
       fails to order them ("cannot determine truth value of Relational"), exact
@@ -119,7 +178,7 @@ def _inductor_workarounds() -> dict:
       Inductor's own notes say the analysis does not apply to dynamic shapes yet).
     """
     import torch._inductor.config as config
-    options = {}
+    options = {'shape_padding': False} if dynamic_sides else {}
     if hasattr(config, 'strict_output_strides'):
         options['strict_output_strides'] = True
     if hasattr(config.triton, 'coalesce_tiling_analysis'):

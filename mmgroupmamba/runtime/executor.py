@@ -59,7 +59,8 @@ def execute(module: nn.Module, forward: Callable, x: torch.Tensor):
     if policy.compile is not False:
         options = policy.compile_options
         if state.compiled is None or state.compiled_options != options:
-            state.compiled, state.compiled_options = CompiledForward(forward, options), options
+            state.compiled = CompiledForward(forward, options, module.parameters)
+            state.compiled_options = options
         return state.compiled(x)
 
     modes = tuple(m.training for m in module.modules())

@@ -9,6 +9,8 @@ registrations), not Inductor, whose CPU code generation specialises convolution 
 On a GPU the same checks run with Inductor at detection-like sizes, and the released
 fixture through the compiled backbone.
 """
+import copy
+
 import pytest
 import torch
 
@@ -27,12 +29,15 @@ def test_compile_argument():
         GroupMamba(SMALL, execution=dict(compile=True, cuda_graph=True))
     assert GroupMamba(SMALL, execution=dict(compile={})).execution.compile_options == {}
     assert GroupMamba(SMALL).execution.compile_options is None
+    assert GroupMamba(SMALL, execution=dict(compile=True)).execution.compile_options == {
+        'mode': 'reduce-overhead'}
 
 
 def test_compile_mode_joins_inductor_options(monkeypatch):
     """``torch.compile`` refuses a ``mode`` together with ``options`` (and the backbone
-    always passes options): the mode's settings are passed as options instead; modes
-    that record CUDA graphs need static sizes and say so before anything compiles."""
+    always passes options): the mode's settings are passed as options instead.
+    ``compile=True`` is Inductor's CUDA graphs with the dynamic sides, matmul padding
+    off (its guards bound the sides by the first size's)."""
     from mmgroupmamba.runtime.compiled_forward import CompiledForward
     calls = []
     monkeypatch.setattr(torch, 'compile', lambda fn, **kwargs: calls.append(kwargs) or fn)
@@ -44,25 +49,28 @@ def test_compile_mode_joins_inductor_options(monkeypatch):
     calls.clear()
     CompiledForward(lambda x: x, dict(mode='reduce-overhead', dynamic=False))
     assert calls[0]['options']['triton.cudagraphs'] and calls[0]['dynamic'] is False
+    assert 'shape_padding' not in calls[0]['options']   # static sizes: Inductor's default
+
+    calls.clear()
+    policy = GroupMamba(SMALL, execution=dict(compile=True)).execution
+    compiled = CompiledForward(lambda x: x, policy.compile_options)
+    assert calls[0]['options']['triton.cudagraphs'] and compiled.records_graphs
+    assert calls[0]['options']['shape_padding'] is False and 'dynamic' not in calls[0]
 
     calls.clear()
     CompiledForward(lambda x: x, dict(mode='max-autotune-no-cudagraphs',
                                       options={'max_autotune': False}))
     assert calls[0]['options']['max_autotune'] is False   # explicit options win
 
+    calls.clear()
+    assert not CompiledForward(lambda x: x, dict(mode='default')).records_graphs
     with pytest.raises(ValueError, match="Unknown torch.compile mode 'fastest'"):
         CompiledForward(lambda x: x, dict(mode='fastest'))
-    model = GroupMamba(SMALL, execution=dict(compile=dict(mode='reduce-overhead')))
-    with pytest.raises(ValueError, match='records CUDA graphs.*dynamic=False'):
-        model(torch.randn(1, 3, 64, 64))
-    with pytest.raises(ValueError, match='records CUDA graphs'):
-        CompiledForward(lambda x: x, dict(options={'triton.cudagraphs': True}))
 
 
 def test_compiled_backbone_copies_and_pickles():
     """EMA hooks deep-copy the model: the copy compiles its own forward (the compiled
     function of the original holds the original's parameters)."""
-    import copy
     import pickle
     model = GroupMamba(SMALL, execution=dict(compile=dict(backend='eager'))).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -199,12 +207,51 @@ def test_compiled_backbone_under_ddp_and_autocast(tmp_path):
                                        msg=f'{name} (bf16 autocast: {amp})')
 
 
+def test_gradients_leave_the_graph_memory_when_the_backward_ends():
+    """With CUDA graphs the parameters' gradients come out of the graphs' memory, which
+    the next replay overwrites: the gradients a backward creates are moved into one new
+    buffer (views of it as ``.grad``) when it ends, and gradients accumulate as in eager
+    mode (this checks the mechanism on any device; the GPU test below, the graphs)."""
+    from mmgroupmamba.runtime.compiled_forward import _move_gradients_out_after_backward
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    twin = copy.deepcopy(model)
+    x1, x2 = torch.randn(5, 4), torch.randn(5, 4)
+
+    def step(x):
+        fresh = [p for p in model.parameters() if p.grad is None]
+        grads_seen = {}
+        # the gradients autograd hands over, before they are moved
+        hooks = [p.register_hook(lambda g, p=p: grads_seen.update({p: g})) for p in fresh]
+        out = _move_gradients_out_after_backward((model(x), ), fresh)
+        out[0].square().sum().backward()
+        for h in hooks:
+            h.remove()
+        return fresh, grads_seen
+
+    fresh, seen = step(x1)
+    assert len(fresh) == 4
+    bases = {p.grad._base.data_ptr() for p in model.parameters()}
+    assert len(bases) == 1                               # one new buffer for all four
+    for p in model.parameters():
+        assert p.grad.data_ptr() != seen[p].data_ptr()   # not the memory handed over
+        assert p.grad.shape == p.shape
+
+    fresh, _ = step(x2)                                  # accumulation: nothing to move
+    assert fresh == []
+    twin(x1).square().sum().backward()
+    twin(x2).square().sum().backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
 # ------------------------------------------------------------------------------- GPU
 @requires_triton_gpu
 def test_compiled_backbone_on_gpu_detection_sizes():
-    """``compile=True`` as a config sets it (Inductor with the backbone's settings):
-    three sizes, one graph, the eager outputs and gradients (float32 without TF32, so
-    that the comparison sees the computation, not bf16 rounding in another order).
+    """``compile=True`` as a config sets it (Inductor with the backbone's settings, CUDA
+    graphs): three sizes, one graph, the eager outputs and gradients, also accumulated
+    over two steps (float32 without TF32, so that the comparison sees the computation,
+    not bf16 rounding in another order).
 
     The stem's BatchNorms stay in eval mode (``norm_eval``, as detection configs set it):
     in train mode the gradient reaching the first convolution has zero mean over the
@@ -228,13 +275,17 @@ def test_compiled_backbone_on_gpu_detection_sizes():
     eager = GroupMamba(SMALL, drop_path_rate=0., norm_eval=True).cuda().train()
     eager.load_state_dict(model.state_dict())
     try:
-        for size in [(256, 320), (320, 256), (288, 352)]:
-            x = torch.randn(2, 3, *size, device='cuda')
-            outs, ref = model(x), eager(x)
-            sum(o.square().mean() for o in outs).backward()
-            sum(o.square().mean() for o in ref).backward()
-            for a, r in zip(outs, ref):
-                torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+        sizes = [(256, 320), (320, 256), (288, 352)]
+        for size in sizes:
+            # the last size accumulates the gradients of a second batch, of the first
+            # size (a replayed graph), before they are compared
+            for hw in [size] + sizes[:1] * (size == sizes[-1]):
+                x = torch.randn(2, 3, *hw, device='cuda')
+                outs, ref = model(x), eager(x)
+                sum(o.square().mean() for o in outs).backward()
+                sum(o.square().mean() for o in ref).backward()
+                for a, r in zip(outs, ref):
+                    torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
             model_scale = max(q.grad.abs().max().item() for q in eager.parameters())
             for (name, p), q in zip(model.named_parameters(), eager.parameters()):
                 scale = q.grad.abs().max().item()
