@@ -793,14 +793,16 @@ def main(argv=None):
                         'loss and optimizer stay eager)')
     parser.add_argument('--compile-backbone', action='store_true',
                         help='each grouped row again with the backbone\'s `compile=True` '
-                        '(torch.compile of its forward, dynamic in H and W; the first '
-                        'call, which compiles, is reported and not timed)')
+                        '(torch.compile of its forward, dynamic in H and W, replayed as '
+                        'Inductor\'s CUDA graphs; the first call, which compiles, is '
+                        'reported and not timed)')
     parser.add_argument('--compile-options', type=_compile_options, default=True,
                         metavar='JSON',
                         help='with --compile-backbone: the backbone\'s `compile` as a dict '
                         'of torch.compile arguments instead of True, e.g. '
-                        '\'{"mode": "reduce-overhead", "dynamic": false}\' (Inductor\'s '
-                        'CUDA graphs: static sizes, one compilation and graph per size)')
+                        '\'{"mode": "default"}\' (Inductor\'s kernels without its CUDA '
+                        'graphs) or \'{"mode": "reduce-overhead", "dynamic": false}\' '
+                        '(static sizes: one compilation and graph per size)')
     parser.add_argument('--tf32', action='store_true', help='allow TF32 matmuls in fp32')
     parser.add_argument('--warmup', type=int, default=5)
     parser.add_argument('--iters', type=int, default=20,
