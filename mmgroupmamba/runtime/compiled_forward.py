@@ -77,8 +77,10 @@ class CompiledForward:
 
     def __call__(self, x: torch.Tensor):
         fresh = None
-        if self.records_graphs and self.parameters is not None and torch.is_grad_enabled():
-            # parameters whose gradient this step's backward will create (not add to)
+        if (self.records_graphs and self.parameters is not None and x.is_cuda
+                and torch.is_grad_enabled()):
+            # parameters whose gradient this step's backward will create (not add to);
+            # Inductor records graphs for CUDA tensors only
             fresh = [p for p in self.parameters() if p.requires_grad and p.grad is None]
         if self._dynamo_config is None:
             out = self._call(x)
