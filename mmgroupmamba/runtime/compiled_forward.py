@@ -38,10 +38,6 @@ class CompiledForward:
 
     Args:
         forward: the eager forward, one tensor in.
-        parameters: the module's parameters (a callable, e.g. ``module.parameters``).
-            Where CUDA graphs are recorded, the gradients a training step leaves in
-            their ``.grad`` are moved out of the graphs' memory at the end of its
-            backward (see :func:`_move_gradients_out_after_backward`).
         options: keyword arguments of ``torch.compile`` (``mode``, ``backend``,
             ``fullgraph``, ``dynamic``, ``options``). For Inductor a ``mode`` joins the
             ``options`` as the settings it stands for (``torch.compile`` refuses both).
@@ -49,6 +45,10 @@ class CompiledForward:
             record one per image size (Inductor's CUDA graph trees, all in one memory
             pool); the outputs of a call are overwritten by the next replay, so what
             is kept across calls must be cloned (Inductor says so when it is read).
+        parameters: the module's parameters (a callable, e.g. ``module.parameters``).
+            Where CUDA graphs are recorded, the gradients a training step leaves in
+            their ``.grad`` are moved out of the graphs' memory at the end of its
+            backward (see :func:`_move_gradients_out_after_backward`).
     """
 
     def __init__(self, forward: Callable, options: dict,
