@@ -11,6 +11,8 @@ so a step no longer pays the host time of its ~3,000 launches.
 from typing import Callable, Iterable, Optional
 
 import torch
+from torch._utils import _flatten_dense_tensors as _flatten
+from torch._utils import _unflatten_dense_tensors as _unflatten
 
 # Sides of at least this many pixels share one compilation (stride 32 at the last stage:
 # maps of at least 2 x 2); smaller ones are compiled for their size.
@@ -145,9 +147,8 @@ def move_gradients_out(params: Iterable[torch.Tensor]):
             groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
     for members in groups.values():
         grads = [p.grad for p in members]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        for p, g, view in zip(members, grads, flat.split([g.numel() for g in grads])):
-            p.grad = view.view(g.shape)
+        for p, view in zip(members, _unflatten(_flatten(grads), grads)):
+            p.grad = view
 
 
 def _mode_options(mode) -> dict:
